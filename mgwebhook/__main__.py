@@ -1,0 +1,3 @@
+from mgwebhook.cli.app import main
+
+main()

@@ -1,0 +1,254 @@
+"""Settings from a TOML file, overridden by MGWEBHOOK_* variables, overridden by flags.
+
+Every scalar key ``[section] key`` can be overridden by the variable
+``MGWEBHOOK_SECTION_KEY`` (for example ``MGWEBHOOK_DATABASE_URL``). Secrets never
+live in the file: it names the environment variables that hold them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from mgwebhook.errors import ConfigError
+
+ENV_PREFIX = "MGWEBHOOK_"
+CONFIG_PATH_ENV = "MGWEBHOOK_CONFIG"
+REGIONS = ("us", "eu")
+SIGNING_KEY_HELP = (
+    "Copy the key from the Mailgun dashboard: Webhooks, 'HTTP webhook signing key'. "
+    "It is not the private API key."
+)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Bodies larger than this are answered 413 without being read in full.
+    max_body_bytes: int = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = "sqlite+aiosqlite:///mgwebhook.db"
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    signing_key_env: str = "MAILGUN_WEBHOOK_SIGNING_KEY"
+    # Mailgun retries a failed delivery for about 8 hours with the original
+    # signature block, so the accepted age must cover the whole retry window.
+    max_age_seconds: int = 12 * 60 * 60
+    max_future_skew_seconds: int = 5 * 60
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class EnvironmentSettings:
+    """One deployment target: its Mailgun domain, region and public webhook URL."""
+
+    name: str
+    domain: str
+    webhook_url: str
+    region: str = "us"
+    api_key_env: str = "MAILGUN_API_KEY"
+    api_base_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    webhook: WebhookSettings = field(default_factory=WebhookSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    environments: dict[str, EnvironmentSettings] = field(default_factory=dict)
+
+    def environment(self, name: str) -> EnvironmentSettings:
+        """Return the named environment or raise ConfigError listing the known ones."""
+        try:
+            return self.environments[name]
+        except KeyError:
+            known = ", ".join(sorted(self.environments)) or "none configured"
+            raise ConfigError(
+                f"environment {name!r} is not in the configuration (known: {known}); "
+                f"add an [environments.{name}] table to the config file"
+            ) from None
+
+
+_SECTIONS: dict[str, type] = {
+    "server": ServerSettings,
+    "database": DatabaseSettings,
+    "webhook": WebhookSettings,
+    "logging": LoggingSettings,
+}
+
+
+def load_settings(
+    path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the settings from the file, the environment and flag overrides.
+
+    `path` defaults to the file named by MGWEBHOOK_CONFIG; with neither, the
+    built-in defaults apply. `overrides` maps "section.key" to a flag value; None
+    values are skipped so unset flags do not hide the file or the environment.
+    """
+    environ = os.environ if environ is None else environ
+    if path is None and environ.get(CONFIG_PATH_ENV):
+        path = Path(environ[CONFIG_PATH_ENV])
+    document = _read_toml(path) if path is not None else {}
+    source = str(path) if path is not None else "defaults"
+
+    unknown = set(document) - set(_SECTIONS) - {"environments"}
+    if unknown:
+        raise ConfigError(
+            f"unknown section [{sorted(unknown)[0]}] in {source} "
+            f"(known: {', '.join([*_SECTIONS, 'environments'])})"
+        )
+
+    sections: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        values = _section_values(document.get(name, {}), name, cls, source)
+        values.update(_environment_values(environ, name, cls))
+        for dotted, value in (overrides or {}).items():
+            section, _, key = dotted.partition(".")
+            if section == name and value is not None:
+                values[key] = _coerce(value, _field_types(cls)[key], f"--{key}")
+        sections[name] = cls(**values)
+
+    environments = _parse_environments(document.get("environments", {}), source)
+    settings = Settings(**sections, environments=environments)
+    _validate(settings)
+    return settings
+
+
+def load_signing_keys(settings: Settings, environ: Mapping[str, str] | None = None) -> list[bytes]:
+    """Read the webhook signing keys from their environment variable.
+
+    The variable may list several keys separated by commas so that a key can be
+    rotated while Mailgun still retries requests signed with the old one.
+    """
+    environ = os.environ if environ is None else environ
+    variable = settings.webhook.signing_key_env
+    keys = [key.strip() for key in environ.get(variable, "").split(",")]
+    keys = [key for key in keys if key]
+    if not keys:
+        raise ConfigError(
+            f"{variable} is not set, so webhook signatures cannot be verified. "
+            f"{SIGNING_KEY_HELP} Several keys may be given separated by commas."
+        )
+    return [key.encode("utf-8") for key in keys]
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file {str(path)!r} does not exist; pass an existing file with --config "
+            f"or unset {CONFIG_PATH_ENV}"
+        ) from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {error}") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {error.strerror}") from None
+
+
+def _field_types(cls: type) -> dict[str, type]:
+    types = {"str": str, "int": int, "str | None": str}
+    return {f.name: types[str(f.type)] for f in dataclasses.fields(cls)}
+
+
+def _section_values(table: Any, name: str, cls: type, source: str) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{name}] in {source} must be a table")
+    types = _field_types(cls)
+    values = {}
+    for key, value in table.items():
+        if key not in types:
+            raise ConfigError(
+                f"unknown key {key!r} in [{name}] of {source} (known: {', '.join(types)})"
+            )
+        values[key] = _coerce(value, types[key], f"[{name}] {key} in {source}")
+    return values
+
+
+def _environment_values(environ: Mapping[str, str], name: str, cls: type) -> dict[str, Any]:
+    values = {}
+    for key, kind in _field_types(cls).items():
+        variable = f"{ENV_PREFIX}{name}_{key}".upper()
+        if variable in environ:
+            values[key] = _coerce(environ[variable], kind, variable)
+    return values
+
+
+def _coerce(value: Any, kind: type, where: str) -> Any:
+    if kind is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where} must be a whole number, not {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} must be a whole number, not {value!r}") from None
+    if not isinstance(value, str):
+        raise ConfigError(f"{where} must be a string, not {value!r}")
+    return value
+
+
+def _parse_environments(table: Any, source: str) -> dict[str, EnvironmentSettings]:
+    if not isinstance(table, dict):
+        raise ConfigError(f"[environments] in {source} must be a table of tables")
+    types = _field_types(EnvironmentSettings)
+    environments = {}
+    for name, entry in table.items():
+        where = f"[environments.{name}] in {source}"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where} must be a table")
+        values: dict[str, Any] = {}
+        for key, value in entry.items():
+            if key not in types or key == "name":
+                known = ", ".join(k for k in types if k != "name")
+                raise ConfigError(f"unknown key {key!r} in {where} (known: {known})")
+            values[key] = _coerce(value, types[key], f"{where} {key}")
+        for required in ("domain", "webhook_url"):
+            if not values.get(required):
+                raise ConfigError(f"{where} is missing {required!r}")
+        region = values.get("region", "us")
+        if region not in REGIONS:
+            raise ConfigError(f"{where} region {region!r} is invalid; use 'us' or 'eu'")
+        environments[name] = EnvironmentSettings(name=name, **values)
+    return environments
+
+
+def _validate(settings: Settings) -> None:
+    server, webhook = settings.server, settings.webhook
+    if not 0 <= server.port <= 65535:
+        raise ConfigError(f"server port {server.port} is out of range; use 0 to 65535")
+    if server.max_body_bytes < 1024:
+        raise ConfigError(
+            f"server max_body_bytes {server.max_body_bytes} is too small; use at least 1024"
+        )
+    if webhook.max_age_seconds <= 0 or webhook.max_future_skew_seconds < 0:
+        raise ConfigError(
+            "webhook max_age_seconds must be positive and max_future_skew_seconds "
+            f"not negative (got {webhook.max_age_seconds} and {webhook.max_future_skew_seconds})"
+        )
+    scheme = urlsplit(settings.database.url).scheme
+    if not scheme.startswith(("sqlite", "postgresql", "postgres")):
+        raise ConfigError(
+            f"database url scheme {scheme!r} is not supported; use "
+            "sqlite+aiosqlite:///FILE or postgresql+asyncpg://USER@HOST/DB"
+        )

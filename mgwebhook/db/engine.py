@@ -1,0 +1,84 @@
+"""Engine and session setup for SQLite (embedded default) and PostgreSQL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from mgwebhook.db.errors import translate_errors
+from mgwebhook.db.schema import metadata
+from mgwebhook.errors import ConfigError
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+POSTGRES_CONNECT_TIMEOUT_S = 5
+POSTGRES_COMMAND_TIMEOUT_S = 30
+
+
+def normalise_database_url(url: str) -> str:
+    """Return `url` with the async driver mgwebhook uses for its dialect."""
+    if url.startswith(("postgres://", "postgresql://")):
+        return "postgresql+asyncpg://" + url.split("://", 1)[1]
+    if url.startswith("sqlite://"):
+        return "sqlite+aiosqlite://" + url.split("://", 1)[1]
+    return url
+
+
+def create_engine(url: str) -> AsyncEngine:
+    """Create the async engine for a database URL."""
+    url = normalise_database_url(url)
+    try:
+        dialect = make_url(url).get_dialect().name
+    except Exception as error:  # noqa: BLE001 - any parse failure is a config error
+        raise ConfigError(
+            f"database url is invalid ({type(error).__name__}); use "
+            "sqlite+aiosqlite:///FILE or postgresql+asyncpg://USER@HOST/DB"
+        ) from None
+
+    if dialect == "sqlite":
+        engine = create_async_engine(url)
+        _configure_sqlite(engine)
+        return engine
+    return create_async_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=10,
+        pool_timeout=10,
+        connect_args={
+            "timeout": POSTGRES_CONNECT_TIMEOUT_S,
+            "command_timeout": POSTGRES_COMMAND_TIMEOUT_S,
+        },
+    )
+
+
+def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def create_schema(engine: AsyncEngine) -> None:
+    """Create missing tables and indexes; existing ones are left as they are."""
+    async with translate_errors(), engine.begin() as connection:
+        await connection.run_sync(metadata.create_all)
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take over transaction control from the driver so that "begin" below runs.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # FULL makes every commit durable across a power loss, which a 200 promises.
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        # IMMEDIATE takes the write lock at the start, so two writers wait on
+        # busy_timeout instead of failing when a read lock cannot be upgraded.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")

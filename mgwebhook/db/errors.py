@@ -1,0 +1,42 @@
+"""Translation of driver and SQLAlchemy errors into DatabaseUnavailable."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from mgwebhook.errors import DatabaseUnavailable
+
+# asyncpg raises OSError subclasses and its own errors at connect time, and
+# TimeoutError when the server does not answer.
+_DATABASE_ERRORS = (SQLAlchemyError, OSError, asyncio.TimeoutError, ConnectionError)
+
+
+def _asyncpg_errors() -> tuple[type[BaseException], ...]:
+    try:
+        import asyncpg
+    except ImportError:  # pragma: no cover - asyncpg is a dependency
+        return ()
+    return (asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+_ALL_ERRORS = _DATABASE_ERRORS + _asyncpg_errors()
+
+
+@asynccontextmanager
+async def translate_errors() -> AsyncIterator[None]:
+    """Raise DatabaseUnavailable from any database or connection error in the block."""
+    try:
+        yield
+    except _ALL_ERRORS as error:
+        raise DatabaseUnavailable(describe(error)) from error
+
+
+def describe(error: BaseException) -> str:
+    """Return a one-line description of a database error without the SQL or parameters."""
+    original = getattr(error, "orig", None) or error
+    text = str(original).splitlines()[0] if str(original) else ""
+    return f"{type(original).__name__}: {text[:200]}" if text else type(original).__name__

@@ -1,0 +1,231 @@
+"""The ingest transaction: replay guard, lookup, status rules and audit trail.
+
+The live endpoint and replay both run through here. The caller owns the
+session and commits once this returns, so the token, the stored event, the
+audit events and the status changes become durable together or not at all.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mgwebhook import statuses
+from mgwebhook.db import repository
+from mgwebhook.db.repository import TokenClaim
+from mgwebhook.errors import MalformedPayload, TokenReplayed, UnusableEvent
+from mgwebhook.payloads import MailgunEvent, Payload, extract_event, parse_stored
+
+logger = logging.getLogger(__name__)
+
+
+class Outcome(StrEnum):
+    """What became of a post; every value but RETRY is stored with the event."""
+
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    UNMATCHED = "unmatched"
+    IGNORED = "ignored"
+    UNPROCESSABLE = "unprocessable"
+    # The token arrived before with this same content: a retry after a lost response.
+    RETRY = "retry"
+
+
+@dataclass(frozen=True)
+class VerifiedWebhook:
+    """A post whose signature and timestamp have been verified."""
+
+    payload: Payload
+    signed_at: datetime
+
+    @property
+    def token(self) -> str:
+        return self.payload.signature.token
+
+
+@dataclass(frozen=True)
+class StatusChange:
+    subject_type: str
+    subject_id: str
+    before: str | None
+    after: str
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    outcome: Outcome
+    detail: str
+    event: MailgunEvent | None = None
+    webhook_event_id: int | None = None
+    changes: list[StatusChange] = field(default_factory=list)
+
+
+async def ingest(session: AsyncSession, webhook: VerifiedWebhook, now: datetime) -> IngestResult:
+    """Record a verified post and apply its event; raise TokenReplayed for a reused token."""
+    payload = webhook.payload
+    claim = await repository.claim_token(
+        session, webhook.token, payload.fingerprint, webhook.signed_at, now
+    )
+    if claim is TokenClaim.OTHER_EVENT:
+        raise TokenReplayed("token was already used by a different event")
+    if claim is TokenClaim.SAME_EVENT:
+        return IngestResult(Outcome.RETRY, "token already processed for this same event")
+
+    event: MailgunEvent | None = None
+    try:
+        event = extract_event(payload)
+        classification = _classify(event)
+    except UnusableEvent as error:
+        event_id = await repository.insert_webhook_event(
+            session,
+            **_stored_fields(webhook, event, now),
+            outcome=Outcome.UNPROCESSABLE,
+            detail=str(error),
+            processed_at=now,
+        )
+        return IngestResult(Outcome.UNPROCESSABLE, str(error), event, event_id)
+
+    if classification is None:
+        return IngestResult(Outcome.IGNORED, f"event type {event.event!r} is not tracked", event)
+
+    event_id = await repository.insert_webhook_event(
+        session,
+        **_stored_fields(webhook, event, now),
+        outcome=Outcome.UNMATCHED,
+    )
+    return await _apply(session, event, classification, event_id, webhook.signed_at, now)
+
+
+async def reprocess_stored_event(
+    session: AsyncSession, webhook_event_id: int, now: datetime
+) -> IngestResult:
+    """Apply a stored event again, skipping the signature and token checks passed on receipt.
+
+    Running it twice changes nothing the second time: the audit trail holds each
+    Mailgun event once per row, and the status only moves up.
+    """
+    row = await repository.get_webhook_event(session, webhook_event_id)
+    if row is None:
+        raise LookupError(f"stored event {webhook_event_id} does not exist")
+    signed_at = repository.as_utc(row.occurred_at) or repository.as_utc(row.received_at) or now
+    try:
+        payload = parse_stored(row.payload_format, row.raw_payload)
+        event = extract_event(payload)
+        classification = _classify(event)
+    except (MalformedPayload, UnusableEvent) as error:
+        return IngestResult(Outcome.UNPROCESSABLE, str(error), webhook_event_id=webhook_event_id)
+    if classification is None:
+        return IngestResult(Outcome.IGNORED, f"event type {event.event!r} is not tracked", event)
+    return await _apply(session, event, classification, webhook_event_id, signed_at, now)
+
+
+def _classify(event: MailgunEvent) -> statuses.Classification | None:
+    classification = statuses.classify(
+        event.event, event.severity, event.reason, event.delivery_code
+    )
+    if classification is not None and event.message_id is None:
+        raise UnusableEvent(f"{event.event!r} event has no message id to match")
+    return classification
+
+
+async def _apply(
+    session: AsyncSession,
+    event: MailgunEvent,
+    classification: statuses.Classification,
+    webhook_event_id: int,
+    signed_at: datetime,
+    now: datetime,
+) -> IngestResult:
+    assert event.message_id is not None  # guaranteed by _classify
+    if classification.severity_inferred:
+        logger.warning(
+            "failed event %s has severity %r; classified as %s from reason %r and code %s",
+            event.event_key,
+            event.severity,
+            classification.severity,
+            event.reason,
+            event.delivery_code,
+        )
+
+    subjects = await repository.lock_subjects(session, event.message_id)
+    if not subjects:
+        detail = "no document or tenant has this message id yet"
+        await repository.set_webhook_event_outcome(
+            session, webhook_event_id, Outcome.UNMATCHED, detail, now
+        )
+        return IngestResult(Outcome.UNMATCHED, detail, event, webhook_event_id)
+
+    changes = []
+    recorded = []
+    for subject in subjects:
+        target = statuses.next_status(subject.email_status, classification.audit_type)
+        inserted = await repository.insert_audit_event(
+            session,
+            subject_type=subject.subject_type,
+            subject_id=subject.subject_id,
+            event_type=classification.audit_type,
+            mailgun_event=event.event,
+            mailgun_event_id=event.event_key,
+            message_id=event.message_id,
+            occurred_at=event.occurred_at or signed_at,
+            recipient=event.recipient,
+            severity=classification.severity or event.severity,
+            reason=event.reason,
+            delivery_code=event.delivery_code,
+            status_before=subject.email_status,
+            status_after=target or subject.email_status,
+            status_changed=target is not None,
+            webhook_event_id=webhook_event_id,
+            created_at=now,
+        )
+        if not inserted:
+            continue
+        recorded.append(f"{subject.subject_type}:{subject.subject_id}")
+        if target is not None:
+            await repository.set_subject_status(
+                session, subject.subject_type, subject.subject_id, target, now
+            )
+            changes.append(
+                StatusChange(subject.subject_type, subject.subject_id, subject.email_status, target)
+            )
+
+    if recorded:
+        outcome = Outcome.APPLIED
+        detail = f"{classification.audit_type} recorded for {', '.join(recorded)}"
+    else:
+        outcome = Outcome.DUPLICATE
+        detail = "every matching row already has this Mailgun event"
+    await repository.set_webhook_event_outcome(session, webhook_event_id, outcome, detail, now)
+    return IngestResult(outcome, detail, event, webhook_event_id, changes)
+
+
+def _stored_fields(
+    webhook: VerifiedWebhook, event: MailgunEvent | None, now: datetime
+) -> dict[str, object]:
+    payload = webhook.payload
+    fields: dict[str, object] = {
+        "received_at": now,
+        "token": webhook.token,
+        "payload_format": payload.format,
+        "raw_payload": payload.raw_text,
+    }
+    if event is not None:
+        fields.update(
+            event=event.event,
+            mailgun_event_id=event.event_key,
+            message_id=event.message_id,
+            recipient=event.recipient,
+            severity=event.severity,
+            reason=event.reason,
+            delivery_code=event.delivery_code,
+            occurred_at=event.occurred_at or webhook.signed_at,
+        )
+    return fields
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)

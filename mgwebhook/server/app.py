@@ -1,0 +1,70 @@
+"""The aiohttp application factory and the resources it owns."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from mgwebhook.config import Settings
+from mgwebhook.db.engine import create_engine, create_schema, session_factory
+from mgwebhook.errors import DatabaseUnavailable
+from mgwebhook.server import handlers
+from mgwebhook.server.keys import CLOCK, ENGINE, SESSIONS, SETTINGS, SIGNING_KEYS
+
+logger = logging.getLogger(__name__)
+
+WEBHOOK_PATH = "/v1/mailgun/webhook"
+
+
+def create_app(
+    settings: Settings,
+    signing_keys: list[bytes],
+    *,
+    engine: AsyncEngine | None = None,
+    create_tables: bool | None = None,
+    clock: Callable[[], float] | None = None,
+) -> web.Application:
+    """Build the application.
+
+    With no `engine`, one is created from the settings on startup and disposed on
+    cleanup. `create_tables` defaults to True for SQLite, whose file the service
+    owns, and False for PostgreSQL, where `mgwebhook db upgrade` creates them.
+    """
+    # aiohttp answers 413 itself once a body passes client_max_size.
+    app = web.Application(client_max_size=settings.server.max_body_bytes)
+    app[SETTINGS] = settings
+    app[SIGNING_KEYS] = list(signing_keys)
+    if clock is not None:
+        app[CLOCK] = clock
+    app.cleanup_ctx.append(_database_context(engine, create_tables))
+    app.router.add_post(WEBHOOK_PATH, handlers.receive_webhook)
+    return app
+
+
+def _database_context(
+    engine: AsyncEngine | None, create_tables: bool | None
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        owned = engine is None
+        current = engine or create_engine(app[SETTINGS].database.url)
+        app[ENGINE] = current
+        app[SESSIONS] = session_factory(current)
+        wanted = create_tables if create_tables is not None else current.dialect.name == "sqlite"
+        if wanted:
+            try:
+                await create_schema(current)
+            except DatabaseUnavailable as error:
+                # The service still starts: requests get 503 until the database is back.
+                logger.error("cannot create the schema on startup: %s", error)
+        yield
+        if owned:
+            await current.dispose()
+
+    return context
+
+
+def sessions(app: web.Application) -> async_sessionmaker[AsyncSession]:
+    return app[SESSIONS]

@@ -1,0 +1,127 @@
+"""The webhook handler: read, verify, parse, ingest in one transaction, respond."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from aiohttp import hdrs, web
+
+from mgwebhook import payloads, signature
+from mgwebhook.db.errors import translate_errors
+from mgwebhook.errors import (
+    DatabaseUnavailable,
+    NotAuthentic,
+    PayloadTooLarge,
+    WebhookRejected,
+)
+from mgwebhook.ingest import IngestResult, Outcome, VerifiedWebhook, ingest
+from mgwebhook.server.keys import CLOCK, SESSIONS, SETTINGS, SIGNING_KEYS
+
+logger = logging.getLogger("mgwebhook.webhook")
+
+# Mailgun retries anything but 200 and 406 for about 8 hours, whatever this says.
+RETRY_AFTER_SECONDS = 30
+TOKEN_PREFIX_LENGTH = 8
+
+
+@dataclass
+class _Trace:
+    """Fields of the one log line written per webhook request."""
+
+    token: str = "-"
+    event: str = "-"
+    message_id: str = "-"
+    outcome: str = "-"
+
+
+async def receive_webhook(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    trace = _Trace()
+    try:
+        response = await _process(request, trace)
+    except Exception:
+        # Nothing was committed, so 503 makes Mailgun retry once the fault is fixed.
+        logger.exception("webhook failed unexpectedly (token %s)", trace.token)
+        trace.outcome = "internal-error"
+        response = _unavailable("internal error; the request can be retried")
+    logger.info(
+        "webhook token=%s event=%s message_id=%s outcome=%s status=%d latency_ms=%.1f",
+        trace.token,
+        trace.event,
+        trace.message_id,
+        trace.outcome,
+        response.status,
+        (time.perf_counter() - started) * 1000,
+    )
+    return response
+
+
+async def _process(request: web.Request, trace: _Trace) -> web.Response:
+    app = request.app
+    settings = app[SETTINGS]
+    try:
+        limit = settings.server.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise PayloadTooLarge(f"body of {request.content_length} bytes is over {limit} bytes")
+        content_type = request.headers.get(hdrs.CONTENT_TYPE)
+        payloads.media_type(content_type)
+        body = await _read_body(request, limit)
+
+        payload = payloads.parse_body(content_type, body)
+        trace.token = payload.signature.token[:TOKEN_PREFIX_LENGTH]
+        clock = app.get(CLOCK, time.time)
+        signed_at = signature.verify(
+            payload.signature,
+            app[SIGNING_KEYS],
+            clock(),
+            settings.webhook.max_age_seconds,
+            settings.webhook.max_future_skew_seconds,
+        )
+        webhook = VerifiedWebhook(payload, datetime.fromtimestamp(signed_at, UTC))
+        async with translate_errors(), app[SESSIONS]() as session, session.begin():
+            result = await ingest(session, webhook, datetime.now(UTC))
+    except WebhookRejected as rejection:
+        trace.outcome = rejection.reason
+        if isinstance(rejection, NotAuthentic):
+            logger.warning(
+                "webhook rejected: %s (token %s, remote %s)",
+                rejection.message,
+                trace.token,
+                request.remote,
+            )
+        return web.json_response({"ok": False, "error": rejection.message}, status=rejection.status)
+    except DatabaseUnavailable as error:
+        trace.outcome = "database-unavailable"
+        logger.error("webhook not stored, database unavailable: %s (token %s)", error, trace.token)
+        return _unavailable("database unavailable; retry later")
+
+    return _respond(result, trace)
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(f"body is over {limit} bytes") from None
+
+
+def _respond(result: IngestResult, trace: _Trace) -> web.Response:
+    trace.outcome = result.outcome
+    if result.event is not None:
+        trace.event = result.event.event
+        trace.message_id = result.event.message_id or "-"
+    if result.outcome is Outcome.UNPROCESSABLE:
+        # 406 tells Mailgun not to retry; the raw payload is kept for inspection.
+        return web.json_response({"ok": False, "error": result.detail}, status=406)
+    return web.json_response({"ok": True})
+
+
+def _unavailable(message: str) -> web.Response:
+    return web.json_response(
+        {"ok": False, "error": message},
+        status=503,
+        headers={hdrs.RETRY_AFTER: str(RETRY_AFTER_SECONDS)},
+    )

@@ -1,0 +1,79 @@
+"""Recording that an email was sent for a document or tenant.
+
+The invoicing API can call `record_sent_email` inside its own transaction right
+after Mailgun accepts a message; `mgwebhook track` does the same from a shell.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from mgwebhook import ingest
+from mgwebhook.db import repository
+from mgwebhook.db.engine import session_factory
+from mgwebhook.db.errors import translate_errors
+from mgwebhook.db.schema import SUBJECT_TABLES
+from mgwebhook.payloads import normalise_message_id
+from mgwebhook.statuses import EmailStatus
+
+SUBJECT_TYPES = tuple(SUBJECT_TABLES)
+
+
+@dataclass(frozen=True)
+class TrackResult:
+    subject_type: str
+    subject_id: str
+    message_id: str
+    status: str | None
+    # Stored events that had arrived before the row and were applied now.
+    applied_events: list[int]
+
+
+async def record_sent_email(
+    session: AsyncSession,
+    subject_type: str,
+    subject_id: str,
+    message_id: str,
+    now: datetime | None = None,
+) -> TrackResult:
+    """Store the normalised message id on the row with status SENT, creating the row if needed.
+
+    A row that already has this message id keeps its status.
+    Events for this message id that arrived before the row was tracked are
+    applied in the same transaction. The caller commits.
+    """
+    if subject_type not in SUBJECT_TABLES:
+        raise ValueError(
+            f"subject type {subject_type!r} is invalid; use one of {', '.join(SUBJECT_TYPES)}"
+        )
+    if not subject_id.strip():
+        raise ValueError("subject id is empty; pass the document or tenant id")
+    normalised = normalise_message_id(message_id)
+    if normalised is None:
+        raise ValueError(f"message id {message_id!r} is empty once angle brackets are removed")
+
+    now = now or ingest.utc_now()
+    existing = await repository.get_subject(session, subject_type, subject_id)
+    # Tracking the same message again keeps the status its events gave it.
+    if existing is None or normalise_message_id(existing.email_message_id) != normalised:
+        await repository.upsert_subject(
+            session, subject_type, subject_id, normalised, EmailStatus.SENT, now
+        )
+    applied = []
+    for event_id in await repository.unmatched_event_ids(session, normalised):
+        result = await ingest.reprocess_stored_event(session, event_id, now)
+        if result.outcome is ingest.Outcome.APPLIED:
+            applied.append(event_id)
+    row = await repository.get_subject(session, subject_type, subject_id)
+    return TrackResult(subject_type, subject_id, normalised, row.email_status, applied)
+
+
+async def track_email(
+    engine: AsyncEngine, subject_type: str, subject_id: str, message_id: str
+) -> TrackResult:
+    """Run `record_sent_email` in a transaction of its own and commit it."""
+    async with translate_errors(), session_factory(engine)() as session, session.begin():
+        return await record_sent_email(session, subject_type, subject_id, message_id)

@@ -55,6 +55,17 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True)
+class ReconcileSettings:
+    """Retrying of unmatched events while `mgwebhook serve` runs."""
+
+    # Unmatched events received within this many seconds are retried; older ones
+    # wait for `mgwebhook events replay`.
+    window_seconds: int = 60 * 60
+    # Seconds between two passes; 0 turns reconciliation off.
+    interval_seconds: int = 30
+
+
+@dataclass(frozen=True)
 class EnvironmentSettings:
     """One deployment target: its Mailgun domain, region and public webhook URL."""
 
@@ -72,6 +83,7 @@ class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    reconcile: ReconcileSettings = field(default_factory=ReconcileSettings)
     environments: dict[str, EnvironmentSettings] = field(default_factory=dict)
 
     def environment(self, name: str) -> EnvironmentSettings:
@@ -91,6 +103,7 @@ _SECTIONS: dict[str, type] = {
     "database": DatabaseSettings,
     "webhook": WebhookSettings,
     "logging": LoggingSettings,
+    "reconcile": ReconcileSettings,
 }
 
 
@@ -245,6 +258,13 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(
             "webhook max_age_seconds must be positive and max_future_skew_seconds "
             f"not negative (got {webhook.max_age_seconds} and {webhook.max_future_skew_seconds})"
+        )
+    reconcile = settings.reconcile
+    if reconcile.window_seconds <= 0 or reconcile.interval_seconds < 0:
+        raise ConfigError(
+            "reconcile window_seconds must be positive and interval_seconds not negative "
+            f"(got {reconcile.window_seconds} and {reconcile.interval_seconds}); "
+            "set interval_seconds = 0 to turn reconciliation off"
         )
     scheme = urlsplit(settings.database.url).scheme
     if not scheme.startswith(("sqlite", "postgresql", "postgres")):

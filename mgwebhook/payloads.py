@@ -18,8 +18,8 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from functools import cached_property
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any, Literal
 from urllib.parse import parse_qsl
 
@@ -163,7 +163,9 @@ def _parse_urlencoded(body: bytes) -> dict[str, Any]:
 def _parse_multipart(content_type: str, body: bytes) -> dict[str, Any]:
     if "boundary=" not in content_type.lower():
         raise MalformedPayload("multipart body has no boundary in its Content-Type")
-    header = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1", "replace")
+    header = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode(
+        "latin-1", "replace"
+    )
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(header + body)
     if not message.is_multipart():
         raise MalformedPayload("multipart body cannot be parsed")
@@ -273,7 +275,9 @@ def _legacy_event(payload: Payload) -> MailgunEvent:
     )
 
 
-def _derived_key(event: str, message_id: str | None, timestamp: Any, content: dict[str, Any]) -> str:
+def _derived_key(
+    event: str, message_id: str | None, timestamp: Any, content: dict[str, Any]
+) -> str:
     """Key for an event without a Mailgun id: legacy posts never carried one."""
     unsigned = {k: v for k, v in content.items() if k not in ("token", "signature")}
     canonical = json.dumps(

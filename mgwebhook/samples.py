@@ -111,5 +111,7 @@ def legacy_form(
     if event == "bounced":
         fields.update(code="550", error="5.1.1 The email account does not exist.")
     elif event == "dropped":
-        fields.update(reason="hardfail", code="605", description="Not delivering to a bounced address")
+        fields.update(
+            reason="hardfail", code="605", description="Not delivering to a bounced address"
+        )
     return fields

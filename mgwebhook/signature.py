@@ -67,9 +67,7 @@ def check_timestamp(timestamp: str, now: float, max_age: int, max_future_skew: i
     if now - seconds > max_age:
         raise StaleTimestamp(f"timestamp {seconds} is older than the maximum age of {max_age} s")
     if seconds - now > max_future_skew:
-        raise StaleTimestamp(
-            f"timestamp {seconds} is more than {max_future_skew} s in the future"
-        )
+        raise StaleTimestamp(f"timestamp {seconds} is more than {max_future_skew} s in the future")
     return seconds
 
 

@@ -45,7 +45,9 @@ def postgres_url() -> Iterator[str | None]:
         yield None
         return
     name = f"mgwebhook_test_{os.getpid()}"
-    asyncio.run(_execute_autocommit(url, f'DROP DATABASE IF EXISTS "{name}"', f'CREATE DATABASE "{name}"'))
+    asyncio.run(
+        _execute_autocommit(url, f'DROP DATABASE IF EXISTS "{name}"', f'CREATE DATABASE "{name}"')
+    )
     yield make_url(url).set(database=name).render_as_string(hide_password=False)
     asyncio.run(_execute_autocommit(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 

@@ -39,7 +39,11 @@ def with_message_id(data: dict[str, Any], message_id: str) -> dict[str, Any]:
 
 
 def signed(
-    data: Any, *, key: bytes = SIGNING_KEY, timestamp: int | str | None = None, token: str | None = None
+    data: Any,
+    *,
+    key: bytes = SIGNING_KEY,
+    timestamp: int | str | None = None,
+    token: str | None = None,
 ) -> dict[str, Any]:
     """Return a JSON webhook body around `data` with a valid signature block."""
     return {"signature": signature_block(key, timestamp=timestamp, token=token), "event-data": data}

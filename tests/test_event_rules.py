@@ -176,7 +176,10 @@ async def test_every_matching_row_gets_the_event(client, engine):
 )
 @pytest.mark.parametrize(
     "stored",
-    [pytest.param(MESSAGE_ID, id="stored-bare"), pytest.param(f" <{MESSAGE_ID}> ", id="stored-brackets")],
+    [
+        pytest.param(MESSAGE_ID, id="stored-bare"),
+        pytest.param(f" <{MESSAGE_ID}> ", id="stored-brackets"),
+    ],
 )
 async def test_message_ids_match_without_brackets(client, engine, incoming, stored):
     await insert_document(engine, "INV-1", stored)
@@ -212,7 +215,9 @@ async def test_audit_row_records_mailgun_fields(client, engine):
         pytest.param({"reason": None, "code": None}, "temporary", "SENT", id="no-evidence"),
     ],
 )
-async def test_failed_without_severity_is_classified(client, engine, caplog, changes, severity, status):
+async def test_failed_without_severity_is_classified(
+    client, engine, caplog, changes, severity, status
+):
     await insert_document(engine, "INV-1", FIXTURE_MESSAGE_ID)
     data = fixture("failed_permanent")
     del data["severity"]
@@ -222,7 +227,9 @@ async def test_failed_without_severity_is_classified(client, engine, caplog, cha
     assert await status_of(engine, "INV-1") == status
     async with engine.connect() as connection:
         assert await connection.scalar(select(email_events.c.severity)) == severity
-    assert any("classified as" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert any(
+        "classified as" in r.getMessage() for r in caplog.records if r.levelname == "WARNING"
+    )
 
 
 @pytest.mark.parametrize(
@@ -268,7 +275,7 @@ async def test_non_ascii_message_id_round_trips(client, engine):
 async def test_literal_sql_characters_in_message_id(client, engine):
     message_id = "<a'b%c_d\"e;--@mg.example.com>"
     await insert_document(engine, "INV-1", message_id)
-    await insert_document(engine, "INV-2", "<aXb%c_d\"e;--@mg.example.com>")
+    await insert_document(engine, "INV-2", '<aXb%c_d"e;--@mg.example.com>')
     data = fixture("delivered")
     data["message"]["headers"]["message-id"] = message_id
     assert (await post_json(client, signed(data)))[0] == 200

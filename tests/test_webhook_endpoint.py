@@ -79,7 +79,10 @@ async def test_unsupported_content_type_is_415(client, engine, content_type):
     response = await client.post(WEBHOOK_PATH, data=body, headers=headers)
     if content_type is None:
         # aiohttp's client labels raw bytes application/octet-stream.
-        assert response.request_info.headers.get(hdrs.CONTENT_TYPE) in (None, "application/octet-stream")
+        assert response.request_info.headers.get(hdrs.CONTENT_TYPE) in (
+            None,
+            "application/octet-stream",
+        )
     assert response.status == 415
     assert (await response.json())["ok"] is False
     assert await token_count(engine) == 0
@@ -92,8 +95,12 @@ async def test_unsupported_content_type_is_415(client, engine, content_type):
         pytest.param(b"[1, 2]", id="not-an-object"),
         pytest.param(b'{"event-data": {}}', id="no-signature"),
         pytest.param(b'{"signature": "abc", "event-data": {}}', id="signature-not-object"),
-        pytest.param(b'{"signature": {"timestamp": "1", "token": "t"}}', id="signature-field-missing"),
-        pytest.param(b'{"signature": {"timestamp": 1, "token": 2, "signature": 3}}', id="wrong-types"),
+        pytest.param(
+            b'{"signature": {"timestamp": "1", "token": "t"}}', id="signature-field-missing"
+        ),
+        pytest.param(
+            b'{"signature": {"timestamp": 1, "token": 2, "signature": 3}}', id="wrong-types"
+        ),
         pytest.param(b'\xff\xfe{"signature": {}}', id="invalid-utf8"),
         pytest.param(b"[" * 100_000 + b"]" * 100_000, id="deep-nesting"),
         pytest.param(b'{"a": ' + b"9" * 5000 + b"}", id="huge-number"),
@@ -156,7 +163,9 @@ async def test_stale_or_invalid_timestamp_is_401(client, engine, timestamp):
 )
 async def test_timestamp_inside_window_is_accepted(client, engine, timestamp):
     await insert_document(engine, "INV-1", FIXTURE_MESSAGE_ID)
-    status, response = await post_json(client, signed(fixture("delivered"), timestamp=timestamp(now())))
+    status, response = await post_json(
+        client, signed(fixture("delivered"), timestamp=timestamp(now()))
+    )
     assert status == 200
     assert response == {"ok": True}
     assert await status_of(engine, "INV-1") == "DELIVERED"

@@ -9,9 +9,9 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
+from mgwebhook.cli import render
 from mgwebhook.config import Settings, load_settings
 from mgwebhook.errors import MgwebhookError
-from mgwebhook.cli import render
 
 T = TypeVar("T")
 

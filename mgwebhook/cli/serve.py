@@ -19,7 +19,8 @@ logger = logging.getLogger("mgwebhook")
 
 def serve(
     host: Annotated[
-        str | None, typer.Option(help="Address to listen on [default: 127.0.0.1].", show_default=False)
+        str | None,
+        typer.Option(help="Address to listen on [default: 127.0.0.1].", show_default=False),
     ] = None,
     port: Annotated[
         int | None, typer.Option(help="TCP port to listen on [default: 8080].", show_default=False)
@@ -57,6 +58,4 @@ def configure_logging(level: str) -> None:
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         fail(f"log level {level!r} is invalid; use DEBUG, INFO, WARNING or ERROR")
-    logging.basicConfig(
-        level=numeric, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=numeric, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -120,9 +120,7 @@ async def insert_audit_event(session: AsyncSession, **values: Any) -> bool:
     statement = (
         _insert(session, email_events)
         .values(**values)
-        .on_conflict_do_nothing(
-            index_elements=["subject_type", "subject_id", "mailgun_event_id"]
-        )
+        .on_conflict_do_nothing(index_elements=["subject_type", "subject_id", "mailgun_event_id"])
         .returning(email_events.c.id)
     )
     return (await session.execute(statement)).first() is not None

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from mgwebhook.config import Settings
 from mgwebhook.db.engine import create_engine, create_schema, session_factory
 from mgwebhook.errors import DatabaseUnavailable
+from mgwebhook.reconcile import reconcile_context
 from mgwebhook.server import handlers
 from mgwebhook.server.keys import CLOCK, ENGINE, SESSIONS, SETTINGS, SIGNING_KEYS
 
@@ -26,12 +27,14 @@ def create_app(
     engine: AsyncEngine | None = None,
     create_tables: bool | None = None,
     clock: Callable[[], float] | None = None,
+    reconcile: bool = True,
 ) -> web.Application:
     """Build the application.
 
     With no `engine`, one is created from the settings on startup and disposed on
     cleanup. `create_tables` defaults to True for SQLite, whose file the service
     owns, and False for PostgreSQL, where `mgwebhook db upgrade` creates them.
+    `reconcile` runs the periodic retry of unmatched events (see mgwebhook.reconcile).
     """
     # aiohttp answers 413 itself once a body passes client_max_size.
     app = web.Application(client_max_size=settings.server.max_body_bytes)
@@ -40,6 +43,8 @@ def create_app(
     if clock is not None:
         app[CLOCK] = clock
     app.cleanup_ctx.append(_database_context(engine, create_tables))
+    if reconcile:
+        app.cleanup_ctx.append(reconcile_context)
     app.router.add_post(WEBHOOK_PATH, handlers.receive_webhook)
     return app
 

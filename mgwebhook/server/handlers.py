@@ -73,9 +73,10 @@ async def _process(request: web.Request, trace: _Trace) -> web.Response:
         payload = payloads.parse_body(content_type, body)
         trace.token = payload.signature.token[:TOKEN_PREFIX_LENGTH]
         clock = app.get(CLOCK, time.time)
+        keys: list[bytes] = app[SIGNING_KEYS]
         signed_at = signature.verify(
             payload.signature,
-            app[SIGNING_KEYS],
+            keys,
             clock(),
             settings.webhook.max_age_seconds,
             settings.webhook.max_future_skew_seconds,

@@ -10,8 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from mgwebhook.config import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
-SIGNING_KEYS = web.AppKey("signing_keys", list[bytes])
+SIGNING_KEYS = web.AppKey[list[bytes]]("signing_keys")
 ENGINE = web.AppKey("engine", AsyncEngine)
-SESSIONS = web.AppKey("sessions", async_sessionmaker[AsyncSession])
+SESSIONS = web.AppKey[async_sessionmaker[AsyncSession]]("sessions")
 # Returns Unix seconds; tests replace it to check the freshness window.
-CLOCK = web.AppKey("clock", Callable[[], float])
+CLOCK = web.AppKey[Callable[[], float]]("clock")

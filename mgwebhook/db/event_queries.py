@@ -1,0 +1,331 @@
+"""Queries behind inspecting, replaying, reconciling and pruning stored webhook events.
+
+Every function takes the caller's session and never commits. Filter values are
+bound parameters, and the recipient filter escapes LIKE wildcards, so quotes,
+``%`` and ``_`` in a value match literally.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, delete, exists, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mgwebhook.db.schema import (
+    SUBJECT_TABLES,
+    email_events,
+    normalised_message_id,
+    webhook_events,
+    webhook_tokens,
+)
+
+# raw_payload is NOT NULL, so prune marks a removed payload with the empty string.
+# A received payload is never empty: it carries at least the signature fields.
+PRUNED_PAYLOAD = ""
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Selection of stored webhook events; None leaves a criterion out."""
+
+    event: str | None = None
+    outcome: str | None = None
+    # Normalised, without angle brackets.
+    message_id: str | None = None
+    # (subject_type, subject_id), for example ("document", "INV-1").
+    subject: tuple[str, str] | None = None
+    # Matched case-insensitively as a substring.
+    recipient: str | None = None
+    # received_at >= since and received_at < until, both aware datetimes.
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Subject:
+    subject_type: str
+    subject_id: str
+    email_message_id: str | None
+    email_status: str | None
+    email_status_updated_at: datetime | None
+
+
+def _conditions(selection: EventFilter) -> list[ColumnElement[bool]]:
+    events = webhook_events.c
+    conditions: list[ColumnElement[bool]] = []
+    if selection.event is not None:
+        conditions.append(events.event == selection.event)
+    if selection.outcome is not None:
+        conditions.append(events.outcome == selection.outcome)
+    if selection.message_id is not None:
+        conditions.append(events.message_id == selection.message_id)
+    if selection.recipient is not None:
+        conditions.append(events.recipient.icontains(selection.recipient, autoescape=True))
+    if selection.since is not None:
+        conditions.append(events.received_at >= selection.since)
+    if selection.until is not None:
+        conditions.append(events.received_at < selection.until)
+    if selection.subject is not None:
+        conditions.append(events.message_id.in_(_subject_message_ids(*selection.subject)))
+    return conditions
+
+
+def _subject_message_ids(subject_type: str, subject_id: str) -> Any:
+    """Select every message id a subject had: its current one and those in its audit trail.
+
+    Matching by message id also finds the subject's unmatched and duplicate events,
+    which no audit row points to.
+    """
+    table = SUBJECT_TABLES[subject_type]
+    current = select(normalised_message_id(table.c.email_message_id)).where(
+        table.c.id == subject_id
+    )
+    audited = select(email_events.c.message_id).where(
+        email_events.c.subject_type == subject_type,
+        email_events.c.subject_id == subject_id,
+    )
+    return current.union(audited)
+
+
+async def list_events(
+    session: AsyncSession, selection: EventFilter, limit: int, before_id: int | None = None
+) -> Sequence[Any]:
+    """Return up to `limit` matching events with an id below `before_id`, newest first."""
+    statement = select(webhook_events).where(*_conditions(selection))
+    if before_id is not None:
+        statement = statement.where(webhook_events.c.id < before_id)
+    statement = statement.order_by(webhook_events.c.id.desc()).limit(limit)
+    return (await session.execute(statement)).all()
+
+
+async def select_event_ids(session: AsyncSession, selection: EventFilter) -> list[int]:
+    """Return the ids of matching events that still have their raw payload, oldest first."""
+    statement = (
+        select(webhook_events.c.id)
+        .where(*_conditions(selection))
+        .where(webhook_events.c.raw_payload != PRUNED_PAYLOAD)
+        .order_by(webhook_events.c.id)
+    )
+    return list((await session.scalars(statement)).all())
+
+
+async def existing_event_ids(session: AsyncSession, ids: Collection[int]) -> set[int]:
+    statement = select(webhook_events.c.id).where(webhook_events.c.id.in_(list(ids)))
+    return set((await session.scalars(statement)).all())
+
+
+async def subjects_of_events(session: AsyncSession, rows: Sequence[Any]) -> dict[int, list[str]]:
+    """Map each event id to the subjects ("document:INV-1") that have its Mailgun event.
+
+    An event counts for a subject when an audit row points to it, or when the
+    subject recorded the same Mailgun event from an earlier delivery (a duplicate).
+    """
+    if not rows:
+        return {}
+    ids = [row.id for row in rows]
+    keys = {row.mailgun_event_id for row in rows if row.mailgun_event_id is not None}
+    statement = select(
+        email_events.c.webhook_event_id,
+        email_events.c.mailgun_event_id,
+        email_events.c.subject_type,
+        email_events.c.subject_id,
+    ).where(
+        or_(
+            email_events.c.webhook_event_id.in_(ids),
+            email_events.c.mailgun_event_id.in_(list(keys)),
+        )
+    )
+    by_event_id: dict[int, set[str]] = defaultdict(set)
+    by_key: dict[str, set[str]] = defaultdict(set)
+    for webhook_event_id, key, subject_type, subject_id in await session.execute(statement):
+        name = f"{subject_type}:{subject_id}"
+        if webhook_event_id is not None:
+            by_event_id[webhook_event_id].add(name)
+        by_key[key].add(name)
+    subjects = {}
+    for row in rows:
+        names = by_event_id[row.id] | by_key.get(row.mailgun_event_id, set())
+        subjects[row.id] = sorted(names)
+    return subjects
+
+
+async def audit_events_of(session: AsyncSession, webhook_event_id: int) -> Sequence[Any]:
+    """Return the audit rows that a stored event produced, in insertion order."""
+    statement = (
+        select(email_events)
+        .where(email_events.c.webhook_event_id == webhook_event_id)
+        .order_by(email_events.c.id)
+    )
+    return (await session.execute(statement)).all()
+
+
+async def find_subjects(
+    session: AsyncSession,
+    message_id: str | None,
+    subject_id: str | None,
+    subject_types: Collection[str] = tuple(SUBJECT_TABLES),
+) -> list[Subject]:
+    """Return the documents and tenants with id `subject_id` or that had `message_id`.
+
+    A subject had a message id when it is its current one or when an audit row
+    of the subject records it (the row was re-sent since).
+    """
+    found: dict[tuple[str, str], Subject] = {}
+    for subject_type in subject_types:
+        table = SUBJECT_TABLES[subject_type]
+        matches: list[ColumnElement[bool]] = []
+        if subject_id is not None:
+            matches.append(table.c.id == subject_id)
+        if message_id is not None:
+            audited = select(email_events.c.subject_id).where(
+                email_events.c.subject_type == subject_type,
+                email_events.c.message_id == message_id,
+            )
+            matches.append(normalised_message_id(table.c.email_message_id) == message_id)
+            matches.append(table.c.id.in_(audited))
+        if not matches:
+            continue
+        statement = select(table).where(or_(*matches)).order_by(table.c.id)
+        for row in await session.execute(statement):
+            found[(subject_type, row.id)] = Subject(
+                subject_type,
+                row.id,
+                row.email_message_id,
+                row.email_status,
+                row.email_status_updated_at,
+            )
+    return list(found.values())
+
+
+async def subject_timeline(
+    session: AsyncSession, subject_type: str, subject_id: str
+) -> Sequence[Any]:
+    """Return a subject's audit rows in the order Mailgun saw the events."""
+    statement = (
+        select(email_events)
+        .where(
+            email_events.c.subject_type == subject_type,
+            email_events.c.subject_id == subject_id,
+        )
+        .order_by(email_events.c.occurred_at, email_events.c.id)
+    )
+    return (await session.execute(statement)).all()
+
+
+async def count_unmatched(session: AsyncSession, message_id: str) -> int:
+    statement = (
+        select(func.count())
+        .select_from(webhook_events)
+        .where(webhook_events.c.message_id == message_id, webhook_events.c.outcome == "unmatched")
+    )
+    return int(await session.scalar(statement) or 0)
+
+
+async def reconcilable_event_ids(session: AsyncSession, received_since: datetime) -> list[int]:
+    """Return unmatched events received since then whose message id now has a row.
+
+    Events whose message id still has no row are left out, so a pass costs one
+    indexed query when nothing has changed.
+    """
+    has_row = [
+        exists().where(
+            normalised_message_id(table.c.email_message_id) == webhook_events.c.message_id
+        )
+        for table in SUBJECT_TABLES.values()
+    ]
+    statement = (
+        select(webhook_events.c.id)
+        .where(
+            webhook_events.c.outcome == "unmatched",
+            webhook_events.c.received_at >= received_since,
+            or_(*has_row),
+        )
+        .order_by(webhook_events.c.id)
+    )
+    return list((await session.scalars(statement)).all())
+
+
+def _referenced() -> ColumnElement[bool]:
+    return exists().where(email_events.c.webhook_event_id == webhook_events.c.id)
+
+
+def _old_events(cutoff: datetime) -> list[ColumnElement[bool]]:
+    return [webhook_events.c.received_at < cutoff, webhook_events.c.raw_payload != PRUNED_PAYLOAD]
+
+
+def _old_tokens(cutoff: datetime) -> ColumnElement[bool]:
+    return and_(webhook_tokens.c.received_at < cutoff, webhook_tokens.c.signed_at < cutoff)
+
+
+async def count_prunable(
+    session: AsyncSession, event_cutoff: datetime, token_cutoff: datetime
+) -> tuple[int, int, int]:
+    """Return how many events prune would delete, blank and how many tokens it would delete."""
+    deletable = select(func.count()).where(*_old_events(event_cutoff), ~_referenced())
+    blankable = select(func.count()).where(*_old_events(event_cutoff), _referenced())
+    tokens = select(func.count()).select_from(webhook_tokens).where(_old_tokens(token_cutoff))
+    return (
+        int(await session.scalar(deletable.select_from(webhook_events)) or 0),
+        int(await session.scalar(blankable.select_from(webhook_events)) or 0),
+        int(await session.scalar(tokens) or 0),
+    )
+
+
+async def delete_old_events(session: AsyncSession, cutoff: datetime, batch_size: int) -> int:
+    """Delete up to `batch_size` events received before `cutoff` that no audit row points to.
+
+    The NOT EXISTS is checked again by the DELETE itself, and the foreign key
+    rejects the delete if an audit row pointing to the event commits in between.
+    """
+    batch = (
+        select(webhook_events.c.id)
+        .where(*_old_events(cutoff), ~_referenced())
+        .order_by(webhook_events.c.id)
+        .limit(batch_size)
+    )
+    ids = list((await session.scalars(batch)).all())
+    if not ids:
+        return 0
+    result = await session.execute(
+        delete(webhook_events).where(webhook_events.c.id.in_(ids), ~_referenced())
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def blank_old_payloads(session: AsyncSession, cutoff: datetime, batch_size: int) -> int:
+    """Empty the raw payload of up to `batch_size` old events that audit rows point to."""
+    batch = (
+        select(webhook_events.c.id)
+        .where(*_old_events(cutoff), _referenced())
+        .order_by(webhook_events.c.id)
+        .limit(batch_size)
+    )
+    ids = list((await session.scalars(batch)).all())
+    if not ids:
+        return 0
+    result = await session.execute(
+        update(webhook_events)
+        .where(webhook_events.c.id.in_(ids))
+        .values(raw_payload=PRUNED_PAYLOAD)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def delete_old_tokens(session: AsyncSession, cutoff: datetime, batch_size: int) -> int:
+    """Delete up to `batch_size` tokens both received and signed before `cutoff`."""
+    batch = (
+        select(webhook_tokens.c.token)
+        .where(_old_tokens(cutoff))
+        .order_by(webhook_tokens.c.token)
+        .limit(batch_size)
+    )
+    tokens = list((await session.scalars(batch)).all())
+    if not tokens:
+        return 0
+    result = await session.execute(delete(webhook_tokens).where(webhook_tokens.c.token.in_(tokens)))
+    return int(result.rowcount)  # type: ignore[attr-defined]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from mgwebhook.cli import db, serve, track
+from mgwebhook.cli import db, register, serve, track, webhooks
 
 app = typer.Typer(
     name="mgwebhook",
@@ -15,6 +15,8 @@ app = typer.Typer(
 app.command("serve")(serve.serve)
 app.command("track")(track.track)
 app.add_typer(db.app, name="db")
+app.command("register")(register.register)
+app.add_typer(webhooks.app, name="webhooks")
 
 
 def main() -> None:

@@ -50,6 +50,17 @@ class WebhookSettings:
 
 
 @dataclass(frozen=True)
+class IngestSettings:
+    # Verified posts waiting for a writer; when full, requests are answered 503.
+    queue_size: int = 1000
+    # Posts applied in one transaction at most.
+    max_batch_size: int = 200
+    # Concurrent writer transactions on PostgreSQL. SQLite has one writer at a
+    # time whatever this says.
+    writers: int = 4
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     level: str = "INFO"
 
@@ -83,6 +94,7 @@ class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    ingest: IngestSettings = field(default_factory=IngestSettings)
     reconcile: ReconcileSettings = field(default_factory=ReconcileSettings)
     environments: dict[str, EnvironmentSettings] = field(default_factory=dict)
 
@@ -103,6 +115,7 @@ _SECTIONS: dict[str, type] = {
     "database": DatabaseSettings,
     "webhook": WebhookSettings,
     "logging": LoggingSettings,
+    "ingest": IngestSettings,
     "reconcile": ReconcileSettings,
 }
 
@@ -265,6 +278,12 @@ def _validate(settings: Settings) -> None:
             "reconcile window_seconds must be positive and interval_seconds not negative "
             f"(got {reconcile.window_seconds} and {reconcile.interval_seconds}); "
             "set interval_seconds = 0 to turn reconciliation off"
+        )
+    ingest = settings.ingest
+    if min(ingest.queue_size, ingest.max_batch_size, ingest.writers) < 1:
+        raise ConfigError(
+            "ingest queue_size, max_batch_size and writers must each be at least 1 (got "
+            f"{ingest.queue_size}, {ingest.max_batch_size} and {ingest.writers})"
         )
     scheme = urlsplit(settings.database.url).scheme
     if not scheme.startswith(("sqlite", "postgresql", "postgres")):

@@ -14,6 +14,7 @@ Every exception derives from ``MgwebhookError``::
     │       └── TokenReplayed     the token was already used by a different event
     ├── UnusableEvent             an authentic post holds no usable event (answered 406)
     ├── DatabaseUnavailable       the database failed or cannot be reached (answered 503)
+    ├── ServiceOverloaded         the ingest queue is full (answered 503)
     └── MailgunApiError           a call to the Mailgun API failed
 """
 
@@ -95,6 +96,10 @@ class UnusableEvent(MgwebhookError):
 
 class DatabaseUnavailable(MgwebhookError):
     """Raised when the database fails or cannot be reached; the caller may retry later."""
+
+
+class ServiceOverloaded(MgwebhookError):
+    """Raised when the ingest queue is full; the caller may retry later."""
 
 
 class MailgunApiError(MgwebhookError):

@@ -3,6 +3,10 @@
 The live endpoint and replay both run through here. The caller owns the
 session and commits once this returns, so the token, the stored event, the
 audit events and the status changes become durable together or not at all.
+
+The work is synchronous code on a `Session`. The endpoint runs a batch of
+events in one call (`ingest_batch`); async callers use the wrappers that go
+through `AsyncSession.run_sync`.
 """
 
 from __future__ import annotations
@@ -12,12 +16,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from mgwebhook import statuses
 from mgwebhook.db import repository
+from mgwebhook.db.errors import describe
 from mgwebhook.db.repository import TokenClaim
-from mgwebhook.errors import MalformedPayload, TokenReplayed, UnusableEvent
+from mgwebhook.errors import DatabaseUnavailable, MalformedPayload, TokenReplayed, UnusableEvent
 from mgwebhook.payloads import MailgunEvent, Payload, extract_event, parse_stored
 
 logger = logging.getLogger(__name__)
@@ -66,8 +73,40 @@ class IngestResult:
 
 async def ingest(session: AsyncSession, webhook: VerifiedWebhook, now: datetime) -> IngestResult:
     """Record a verified post and apply its event; raise TokenReplayed for a reused token."""
+    return await session.run_sync(ingest_one, webhook, now)
+
+
+def ingest_batch(
+    session: Session, webhooks: list[VerifiedWebhook], now: datetime
+) -> list[IngestResult | TokenReplayed | DatabaseUnavailable]:
+    """Ingest several posts in the caller's transaction, each inside a savepoint.
+
+    A post that fails rolls back only its own savepoint, so its neighbours in
+    the batch still commit. Errors that break the whole transaction, such as a
+    lost connection, propagate and fail the batch.
+    """
+    results: list[IngestResult | TokenReplayed | DatabaseUnavailable] = []
+    for webhook in webhooks:
+        savepoint = session.begin_nested()
+        try:
+            results.append(ingest_one(session, webhook, now))
+        except TokenReplayed as error:
+            savepoint.rollback()
+            results.append(error)
+            continue
+        except SQLAlchemyError as error:
+            savepoint.rollback()
+            logger.error("event with token %s failed: %s", webhook.token[:8], describe(error))
+            results.append(DatabaseUnavailable(describe(error)))
+            continue
+        savepoint.commit()
+    return results
+
+
+def ingest_one(session: Session, webhook: VerifiedWebhook, now: datetime) -> IngestResult:
+    """Synchronous body of `ingest`."""
     payload = webhook.payload
-    claim = await repository.claim_token(
+    claim = repository.claim_token(
         session, webhook.token, payload.fingerprint, webhook.signed_at, now
     )
     if claim is TokenClaim.OTHER_EVENT:
@@ -80,7 +119,7 @@ async def ingest(session: AsyncSession, webhook: VerifiedWebhook, now: datetime)
         event = extract_event(payload)
         classification = _classify(event)
     except UnusableEvent as error:
-        event_id = await repository.insert_webhook_event(
+        event_id = repository.insert_webhook_event(
             session,
             **_stored_fields(webhook, event, now),
             outcome=Outcome.UNPROCESSABLE,
@@ -92,12 +131,12 @@ async def ingest(session: AsyncSession, webhook: VerifiedWebhook, now: datetime)
     if classification is None:
         return IngestResult(Outcome.IGNORED, f"event type {event.event!r} is not tracked", event)
 
-    event_id = await repository.insert_webhook_event(
+    event_id = repository.insert_webhook_event(
         session,
         **_stored_fields(webhook, event, now),
         outcome=Outcome.UNMATCHED,
     )
-    return await _apply(session, event, classification, event_id, webhook.signed_at, now)
+    return _apply(session, event, classification, event_id, webhook.signed_at, now)
 
 
 async def reprocess_stored_event(
@@ -108,7 +147,14 @@ async def reprocess_stored_event(
     Running it twice changes nothing the second time: the audit trail holds each
     Mailgun event once per row, and the status only moves up.
     """
-    row = await repository.get_webhook_event(session, webhook_event_id)
+    return await session.run_sync(reprocess_stored_event_sync, webhook_event_id, now)
+
+
+def reprocess_stored_event_sync(
+    session: Session, webhook_event_id: int, now: datetime
+) -> IngestResult:
+    """Synchronous body of `reprocess_stored_event`."""
+    row = repository.get_webhook_event(session, webhook_event_id)
     if row is None:
         raise LookupError(f"stored event {webhook_event_id} does not exist")
     signed_at = repository.as_utc(row.occurred_at) or repository.as_utc(row.received_at) or now
@@ -120,7 +166,7 @@ async def reprocess_stored_event(
         return IngestResult(Outcome.UNPROCESSABLE, str(error), webhook_event_id=webhook_event_id)
     if classification is None:
         return IngestResult(Outcome.IGNORED, f"event type {event.event!r} is not tracked", event)
-    return await _apply(session, event, classification, webhook_event_id, signed_at, now)
+    return _apply(session, event, classification, webhook_event_id, signed_at, now)
 
 
 def _classify(event: MailgunEvent) -> statuses.Classification | None:
@@ -132,8 +178,8 @@ def _classify(event: MailgunEvent) -> statuses.Classification | None:
     return classification
 
 
-async def _apply(
-    session: AsyncSession,
+def _apply(
+    session: Session,
     event: MailgunEvent,
     classification: statuses.Classification,
     webhook_event_id: int,
@@ -151,10 +197,10 @@ async def _apply(
             event.delivery_code,
         )
 
-    subjects = await repository.lock_subjects(session, event.message_id)
+    subjects = repository.lock_subjects(session, event.message_id)
     if not subjects:
         detail = "no document or tenant has this message id yet"
-        await repository.set_webhook_event_outcome(
+        repository.set_webhook_event_outcome(
             session, webhook_event_id, Outcome.UNMATCHED, detail, now
         )
         return IngestResult(Outcome.UNMATCHED, detail, event, webhook_event_id)
@@ -163,7 +209,7 @@ async def _apply(
     recorded = []
     for subject in subjects:
         target = statuses.next_status(subject.email_status, classification.audit_type)
-        inserted = await repository.insert_audit_event(
+        inserted = repository.insert_audit_event(
             session,
             subject_type=subject.subject_type,
             subject_id=subject.subject_id,
@@ -186,7 +232,7 @@ async def _apply(
             continue
         recorded.append(f"{subject.subject_type}:{subject.subject_id}")
         if target is not None:
-            await repository.set_subject_status(
+            repository.set_subject_status(
                 session, subject.subject_type, subject.subject_id, target, now
             )
             changes.append(
@@ -199,7 +245,7 @@ async def _apply(
     else:
         outcome = Outcome.DUPLICATE
         detail = "every matching row already has this Mailgun event"
-    await repository.set_webhook_event_outcome(session, webhook_event_id, outcome, detail, now)
+    repository.set_webhook_event_outcome(session, webhook_event_id, outcome, detail, now)
     return IngestResult(outcome, detail, event, webhook_event_id, changes)
 
 

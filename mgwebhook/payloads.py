@@ -116,7 +116,7 @@ def normalise_message_id(value: Any) -> str | None:
     """Return a message id without angle brackets or surrounding whitespace."""
     if not isinstance(value, str):
         return None
-    stripped = value.strip(MESSAGE_ID_STRIP)
+    stripped = _without_nul(value).strip(MESSAGE_ID_STRIP)
     return stripped or None
 
 
@@ -228,8 +228,8 @@ def _json_event(payload: Payload) -> MailgunEvent:
     data = payload.fields.get("event-data")
     if not isinstance(data, dict):
         raise UnusableEvent("'event-data' is missing or not an object")
-    name = data.get("event")
-    if not isinstance(name, str) or not name.strip():
+    name = _text(data.get("event"))
+    if name is None:
         raise UnusableEvent("'event-data.event' is missing or not a string")
 
     message = _object(data.get("message"))
@@ -238,7 +238,7 @@ def _json_event(payload: Payload) -> MailgunEvent:
     message_id = normalise_message_id(headers.get("message-id"))
     event_id = _text(data.get("id"))
     occurred_at = _unix_time(data.get("timestamp"))
-    event = name.strip().lower()
+    event = name.lower()
     return MailgunEvent(
         event=event,
         event_key=event_id or _derived_key(event, message_id, data.get("timestamp"), data),
@@ -253,15 +253,15 @@ def _json_event(payload: Payload) -> MailgunEvent:
 
 def _legacy_event(payload: Payload) -> MailgunEvent:
     fields = payload.fields
-    name = fields.get("event")
-    if not isinstance(name, str) or not name.strip():
+    name = _text(fields.get("event"))
+    if name is None:
         # A route forward posts the message itself: signed, but not an event.
         raise UnusableEvent("form post has no 'event' field; it is not an event webhook")
 
     message_id = normalise_message_id(_field_ci(fields, "message-id"))
     if message_id is None:
         message_id = normalise_message_id(_header_from_list(fields.get("message-headers")))
-    event = name.strip().lower()
+    event = name.lower()
     return MailgunEvent(
         event=event,
         event_key=_derived_key(event, message_id, fields.get("timestamp"), fields),
@@ -292,8 +292,13 @@ def _object(value: Any) -> dict[str, Any]:
 
 def _text(value: Any) -> str | None:
     if isinstance(value, str):
-        return value.strip() or None
+        return _without_nul(value).strip() or None
     return None
+
+
+def _without_nul(value: str) -> str:
+    # PostgreSQL text cannot hold NUL, so it is replaced the same way on every database.
+    return value.replace("\x00", "\ufffd")
 
 
 def _lower(value: Any) -> str | None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.orm import Session
 
 from mgwebhook import ingest
 from mgwebhook.db import repository
@@ -41,10 +42,21 @@ async def record_sent_email(
 ) -> TrackResult:
     """Store the normalised message id on the row with status SENT, creating the row if needed.
 
-    A row that already has this message id keeps its status.
-    Events for this message id that arrived before the row was tracked are
-    applied in the same transaction. The caller commits.
+    A row that already has this message id keeps its status. Events for this
+    message id that arrived before the row was tracked are applied in the same
+    transaction. The caller commits.
     """
+    return await session.run_sync(record_sent_email_sync, subject_type, subject_id, message_id, now)
+
+
+def record_sent_email_sync(
+    session: Session,
+    subject_type: str,
+    subject_id: str,
+    message_id: str,
+    now: datetime | None = None,
+) -> TrackResult:
+    """Synchronous body of `record_sent_email`, for callers with a `Session`."""
     if subject_type not in SUBJECT_TABLES:
         raise ValueError(
             f"subject type {subject_type!r} is invalid; use one of {', '.join(SUBJECT_TYPES)}"
@@ -56,18 +68,18 @@ async def record_sent_email(
         raise ValueError(f"message id {message_id!r} is empty once angle brackets are removed")
 
     now = now or ingest.utc_now()
-    existing = await repository.get_subject(session, subject_type, subject_id)
+    existing = repository.get_subject(session, subject_type, subject_id)
     # Tracking the same message again keeps the status its events gave it.
     if existing is None or normalise_message_id(existing.email_message_id) != normalised:
-        await repository.upsert_subject(
+        repository.upsert_subject(
             session, subject_type, subject_id, normalised, EmailStatus.SENT, now
         )
     applied = []
-    for event_id in await repository.unmatched_event_ids(session, normalised):
-        result = await ingest.reprocess_stored_event(session, event_id, now)
+    for event_id in repository.unmatched_event_ids(session, normalised):
+        result = ingest.reprocess_stored_event_sync(session, event_id, now)
         if result.outcome is ingest.Outcome.APPLIED:
             applied.append(event_id)
-    row = await repository.get_subject(session, subject_type, subject_id)
+    row = repository.get_subject(session, subject_type, subject_id)
     return TrackResult(subject_type, subject_id, normalised, row.email_status, applied)
 
 

@@ -248,6 +248,10 @@ async def test_failed_without_severity_is_classified(
             id="non-ascii-subject",
         ),
         pytest.param(lambda d: d.update({"delivery-status": {"code": "5.1.1"}}), id="code-text"),
+        pytest.param(lambda d: d.update({"recipient": "a\x00b@example.com"}), id="nul-recipient"),
+        pytest.param(lambda d: d.update({"severity": "x" * 5000}), id="long-severity"),
+        pytest.param(lambda d: d.update({"reason": "\x00" * 10}), id="nul-reason"),
+        pytest.param(lambda d: d.update({"id": "y" * 5000}), id="long-event-id"),
     ],
 )
 async def test_odd_fields_never_fail(client, engine, mutate):

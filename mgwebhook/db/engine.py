@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Engine, event
+from sqlalchemy import create_engine as create_sync_engine_from_url
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -44,7 +45,7 @@ def create_engine(url: str) -> AsyncEngine:
 
     if dialect == "sqlite":
         engine = create_async_engine(url)
-        _configure_sqlite(engine)
+        _configure_sqlite(engine.sync_engine)
         return engine
     return create_async_engine(
         url,
@@ -59,6 +60,18 @@ def create_engine(url: str) -> AsyncEngine:
     )
 
 
+def create_sqlite_thread_engine(engine: AsyncEngine) -> Engine:
+    """Create a synchronous engine on the same SQLite file, for use from worker threads.
+
+    aiosqlite hops to its thread once per statement; running a whole batch in
+    one worker-thread call on this engine avoids that cost.
+    """
+    url = engine.url.set(drivername="sqlite+pysqlite")
+    sync_engine = create_sync_engine_from_url(url, connect_args={"check_same_thread": False})
+    _configure_sqlite(sync_engine)
+    return sync_engine
+
+
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 
@@ -69,8 +82,8 @@ async def create_schema(engine: AsyncEngine) -> None:
         await connection.run_sync(metadata.create_all)
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Take over transaction control from the driver so that "begin" below runs.
         dbapi_connection.isolation_level = None
@@ -82,7 +95,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
         # IMMEDIATE takes the write lock at the start, so two writers wait on
         # busy_timeout instead of failing when a read lock cannot be upgraded.

@@ -1,4 +1,9 @@
-"""Queries on mgwebhook's tables. Every function takes the caller's session and never commits."""
+"""Queries on mgwebhook's tables. Every function takes the caller's session and never commits.
+
+The functions are synchronous so that a whole batch of events can run in one
+worker-thread call on SQLite. Async callers run them through
+`Session.run_sync`.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Table, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from mgwebhook.db.schema import (
     SUBJECT_TABLES,
@@ -36,7 +41,7 @@ class SubjectRow:
     email_status: str | None
 
 
-def _insert(session: AsyncSession, table: Table) -> Any:
+def _insert(session: Session, table: Table) -> Any:
     """Return an INSERT that supports ON CONFLICT for the session's dialect."""
     if session.get_bind().dialect.name == "postgresql":
         return postgresql.insert(table)
@@ -50,8 +55,8 @@ def as_utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
-async def claim_token(
-    session: AsyncSession,
+def claim_token(
+    session: Session,
     token: str,
     fingerprint: str,
     signed_at: datetime,
@@ -69,33 +74,33 @@ async def claim_token(
         .on_conflict_do_nothing(index_elements=["token"])
         .returning(webhook_tokens.c.token)
     )
-    if (await session.execute(statement)).first() is not None:
+    if session.execute(statement).first() is not None:
         return TokenClaim.NEW
-    stored = await session.scalar(
+    stored = session.scalar(
         select(webhook_tokens.c.fingerprint).where(webhook_tokens.c.token == token)
     )
     return TokenClaim.SAME_EVENT if stored == fingerprint else TokenClaim.OTHER_EVENT
 
 
-async def insert_webhook_event(session: AsyncSession, **values: Any) -> int:
+def insert_webhook_event(session: Session, **values: Any) -> int:
     """Insert a received post and return its id."""
-    result = await session.execute(
+    result = session.execute(
         webhook_events.insert().values(**values).returning(webhook_events.c.id)
     )
     return int(result.scalar_one())
 
 
-async def set_webhook_event_outcome(
-    session: AsyncSession, event_id: int, outcome: str, detail: str | None, processed_at: datetime
+def set_webhook_event_outcome(
+    session: Session, event_id: int, outcome: str, detail: str | None, processed_at: datetime
 ) -> None:
-    await session.execute(
+    session.execute(
         update(webhook_events)
         .where(webhook_events.c.id == event_id)
         .values(outcome=outcome, detail=detail, processed_at=processed_at)
     )
 
 
-async def lock_subjects(session: AsyncSession, message_id: str) -> list[SubjectRow]:
+def lock_subjects(session: Session, message_id: str) -> list[SubjectRow]:
     """Return the rows whose normalised message id matches, locked for update.
 
     Rows are locked in a fixed order (documents, then tenants, by id) so that two
@@ -110,12 +115,12 @@ async def lock_subjects(session: AsyncSession, message_id: str) -> list[SubjectR
             .order_by(table.c.id)
             .with_for_update()
         )
-        for subject_id, status in await session.execute(statement):
+        for subject_id, status in session.execute(statement):
             rows.append(SubjectRow(subject_type, subject_id, status))
     return rows
 
 
-async def insert_audit_event(session: AsyncSession, **values: Any) -> bool:
+def insert_audit_event(session: Session, **values: Any) -> bool:
     """Append an audit event; return False if this subject already has this Mailgun event."""
     statement = (
         _insert(session, email_events)
@@ -123,22 +128,22 @@ async def insert_audit_event(session: AsyncSession, **values: Any) -> bool:
         .on_conflict_do_nothing(index_elements=["subject_type", "subject_id", "mailgun_event_id"])
         .returning(email_events.c.id)
     )
-    return (await session.execute(statement)).first() is not None
+    return (session.execute(statement)).first() is not None
 
 
-async def set_subject_status(
-    session: AsyncSession, subject_type: str, subject_id: str, status: str, now: datetime
+def set_subject_status(
+    session: Session, subject_type: str, subject_id: str, status: str, now: datetime
 ) -> None:
     table = SUBJECT_TABLES[subject_type]
-    await session.execute(
+    session.execute(
         update(table)
         .where(table.c.id == subject_id)
         .values(email_status=status, email_status_updated_at=now)
     )
 
 
-async def upsert_subject(
-    session: AsyncSession,
+def upsert_subject(
+    session: Session,
     subject_type: str,
     subject_id: str,
     message_id: str,
@@ -153,15 +158,15 @@ async def upsert_subject(
         "email_status_updated_at": now,
     }
     statement = _insert(session, table).values(id=subject_id, **values)
-    await session.execute(statement.on_conflict_do_update(index_elements=["id"], set_=values))
+    session.execute(statement.on_conflict_do_update(index_elements=["id"], set_=values))
 
 
-async def get_subject(session: AsyncSession, subject_type: str, subject_id: str) -> Any:
+def get_subject(session: Session, subject_type: str, subject_id: str) -> Any:
     table = SUBJECT_TABLES[subject_type]
-    return (await session.execute(select(table).where(table.c.id == subject_id))).first()
+    return session.execute(select(table).where(table.c.id == subject_id)).first()
 
 
-async def unmatched_event_ids(session: AsyncSession, message_id: str) -> Sequence[int]:
+def unmatched_event_ids(session: Session, message_id: str) -> Sequence[int]:
     """Return ids of stored events for `message_id` still waiting for their row."""
     statement = (
         select(webhook_events.c.id)
@@ -169,14 +174,12 @@ async def unmatched_event_ids(session: AsyncSession, message_id: str) -> Sequenc
         .where(webhook_events.c.outcome == "unmatched")
         .order_by(webhook_events.c.id)
     )
-    return list((await session.scalars(statement)).all())
+    return list(session.scalars(statement).all())
 
 
-async def get_webhook_event(session: AsyncSession, event_id: int) -> Any:
-    return (
-        await session.execute(select(webhook_events).where(webhook_events.c.id == event_id))
-    ).first()
+def get_webhook_event(session: Session, event_id: int) -> Any:
+    return (session.execute(select(webhook_events).where(webhook_events.c.id == event_id))).first()
 
 
-async def count_rows(session: AsyncSession, table: Table) -> int:
-    return int(await session.scalar(select(func.count()).select_from(table)) or 0)
+def count_rows(session: Session, table: Table) -> int:
+    return int(session.scalar(select(func.count()).select_from(table)) or 0)

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
+from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from mgwebhook.config import Settings
-from mgwebhook.db.engine import create_engine, create_schema, session_factory
+from mgwebhook.db.engine import (
+    create_engine,
+    create_schema,
+    create_sqlite_thread_engine,
+    session_factory,
+)
 from mgwebhook.errors import DatabaseUnavailable
-from mgwebhook.reconcile import reconcile_context
 from mgwebhook.server import handlers
-from mgwebhook.server.keys import CLOCK, ENGINE, SESSIONS, SETTINGS, SIGNING_KEYS
+from mgwebhook.server.keys import CLOCK, ENGINE, SESSIONS, SETTINGS, SIGNING_KEYS, WRITER
+from mgwebhook.server.writer import BatchWriter, async_batch_runner, thread_batch_runner
 
 logger = logging.getLogger(__name__)
 
@@ -27,14 +34,12 @@ def create_app(
     engine: AsyncEngine | None = None,
     create_tables: bool | None = None,
     clock: Callable[[], float] | None = None,
-    reconcile: bool = True,
 ) -> web.Application:
     """Build the application.
 
     With no `engine`, one is created from the settings on startup and disposed on
     cleanup. `create_tables` defaults to True for SQLite, whose file the service
     owns, and False for PostgreSQL, where `mgwebhook db upgrade` creates them.
-    `reconcile` runs the periodic retry of unmatched events (see mgwebhook.reconcile).
     """
     # aiohttp answers 413 itself once a body passes client_max_size.
     app = web.Application(client_max_size=settings.server.max_body_bytes)
@@ -43,8 +48,8 @@ def create_app(
     if clock is not None:
         app[CLOCK] = clock
     app.cleanup_ctx.append(_database_context(engine, create_tables))
-    if reconcile:
-        app.cleanup_ctx.append(reconcile_context)
+    # Registered after the database so that on shutdown it drains first.
+    app.cleanup_ctx.append(_writer_context)
     app.router.add_post(WEBHOOK_PATH, handlers.receive_webhook)
     return app
 
@@ -69,6 +74,34 @@ def _database_context(
             await current.dispose()
 
     return context
+
+
+async def _writer_context(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS].ingest
+    engine = app[ENGINE]
+    executor: ThreadPoolExecutor | None = None
+    thread_engine: Engine | None = None
+    if engine.dialect.name == "sqlite":
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mgwebhook-sqlite")
+        thread_engine = create_sqlite_thread_engine(engine)
+        run_batch = thread_batch_runner(thread_engine, executor)
+        writers = 1
+    else:
+        run_batch = async_batch_runner(app[SESSIONS])
+        writers = settings.writers
+    writer = BatchWriter(
+        run_batch,
+        queue_size=settings.queue_size,
+        max_batch_size=settings.max_batch_size,
+        writers=writers,
+    )
+    writer.start()
+    app[WRITER] = writer
+    yield
+    await writer.close()
+    if executor is not None and thread_engine is not None:
+        executor.submit(thread_engine.dispose).result()
+        executor.shutdown()
 
 
 def sessions(app: web.Application) -> async_sessionmaker[AsyncSession]:

@@ -10,15 +10,15 @@ from datetime import UTC, datetime
 from aiohttp import hdrs, web
 
 from mgwebhook import payloads, signature
-from mgwebhook.db.errors import translate_errors
 from mgwebhook.errors import (
     DatabaseUnavailable,
     NotAuthentic,
     PayloadTooLarge,
+    ServiceOverloaded,
     WebhookRejected,
 )
-from mgwebhook.ingest import IngestResult, Outcome, VerifiedWebhook, ingest
-from mgwebhook.server.keys import CLOCK, SESSIONS, SETTINGS, SIGNING_KEYS
+from mgwebhook.ingest import IngestResult, Outcome, VerifiedWebhook
+from mgwebhook.server.keys import CLOCK, SETTINGS, SIGNING_KEYS, WRITER
 
 logger = logging.getLogger("mgwebhook.webhook")
 
@@ -82,8 +82,7 @@ async def _process(request: web.Request, trace: _Trace) -> web.Response:
             settings.webhook.max_future_skew_seconds,
         )
         webhook = VerifiedWebhook(payload, datetime.fromtimestamp(signed_at, UTC))
-        async with translate_errors(), app[SESSIONS]() as session, session.begin():
-            result = await ingest(session, webhook, datetime.now(UTC))
+        result = await app[WRITER].submit(webhook)
     except WebhookRejected as rejection:
         trace.outcome = rejection.reason
         if isinstance(rejection, NotAuthentic):
@@ -98,6 +97,10 @@ async def _process(request: web.Request, trace: _Trace) -> web.Response:
         trace.outcome = "database-unavailable"
         logger.error("webhook not stored, database unavailable: %s (token %s)", error, trace.token)
         return _unavailable("database unavailable; retry later")
+    except ServiceOverloaded as error:
+        trace.outcome = "overloaded"
+        logger.warning("webhook not queued: %s (token %s)", error, trace.token)
+        return _unavailable("too many webhooks waiting; retry later")
 
     return _respond(result, trace)
 

@@ -1,0 +1,138 @@
+"""Group commit: verified posts wait in a bounded queue while a writer applies them in batches.
+
+Each batch is one transaction, so one commit (and on SQLite one fsync) serves
+many requests. Every request gets its response only after the commit of its
+batch. A full queue is answered 503 at once instead of buffering without limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
+
+from mgwebhook.db.errors import describe, translate_errors
+from mgwebhook.errors import DatabaseUnavailable, ServiceOverloaded, TokenReplayed
+from mgwebhook.ingest import IngestResult, VerifiedWebhook, ingest_batch
+
+logger = logging.getLogger(__name__)
+
+BatchResult = IngestResult | TokenReplayed | DatabaseUnavailable
+RunBatch = Callable[[list[VerifiedWebhook], datetime], Awaitable[list[BatchResult]]]
+
+
+@dataclass
+class _Pending:
+    webhook: VerifiedWebhook
+    future: asyncio.Future[BatchResult]
+
+
+class BatchWriter:
+    """Apply queued posts in batches with `writers` concurrent transactions."""
+
+    def __init__(
+        self, run_batch: RunBatch, *, queue_size: int, max_batch_size: int, writers: int
+    ) -> None:
+        self._run_batch = run_batch
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue(queue_size)
+        self._max_batch_size = max_batch_size
+        self._writers = writers
+        self._tasks: list[asyncio.Task[None]] = []
+        # Posts taken from the queue whose batch has not committed yet.
+        self.in_flight = 0
+
+    @property
+    def waiting(self) -> int:
+        """Posts in the queue, not yet taken by a writer."""
+        return self._queue.qsize()
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._work()) for _ in range(self._writers)]
+
+    async def close(self) -> None:
+        """Apply what is already queued, then stop the writers."""
+        await self._queue.join()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def submit(self, webhook: VerifiedWebhook) -> IngestResult:
+        """Queue a post and wait until its batch has committed.
+
+        Raises TokenReplayed, DatabaseUnavailable, or ServiceOverloaded when the
+        queue is full.
+        """
+        future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait(_Pending(webhook, future))
+        except asyncio.QueueFull:
+            raise ServiceOverloaded(
+                f"ingest queue is full ({self._queue.maxsize} waiting posts)"
+            ) from None
+        # A cancelled request must not cancel the result the writer will set.
+        result = await asyncio.shield(future)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def _work(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._max_batch_size and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            self.in_flight += len(batch)
+            try:
+                await self._apply(batch)
+            finally:
+                self.in_flight -= len(batch)
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _apply(self, batch: list[_Pending]) -> None:
+        results: list[BatchResult]
+        try:
+            results = await self._run_batch([p.webhook for p in batch], datetime.now(UTC))
+        except DatabaseUnavailable as error:
+            logger.error("batch of %d posts not committed: %s", len(batch), error)
+            results = [error] * len(batch)
+        except Exception:
+            logger.exception("batch of %d posts failed unexpectedly", len(batch))
+            results = [DatabaseUnavailable("batch failed unexpectedly")] * len(batch)
+        for pending, result in zip(batch, results, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(result)
+
+
+def async_batch_runner(sessions: async_sessionmaker[AsyncSession]) -> RunBatch:
+    """Run each batch in one transaction on the async engine (PostgreSQL)."""
+
+    async def run(webhooks: list[VerifiedWebhook], now: datetime) -> list[BatchResult]:
+        async with translate_errors(), sessions() as session, session.begin():
+            return await session.run_sync(ingest_batch, webhooks, now)
+
+    return run
+
+
+def thread_batch_runner(engine: Engine, executor: ThreadPoolExecutor) -> RunBatch:
+    """Run each batch in one worker-thread call on a synchronous engine (SQLite)."""
+
+    def run_in_thread(webhooks: list[VerifiedWebhook], now: datetime) -> list[BatchResult]:
+        try:
+            with Session(engine) as session, session.begin():
+                return ingest_batch(session, webhooks, now)
+        except (SQLAlchemyError, OSError) as error:
+            raise DatabaseUnavailable(describe(error)) from error
+
+    async def run(webhooks: list[VerifiedWebhook], now: datetime) -> list[BatchResult]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(executor, run_in_thread, webhooks, now)
+
+    return run

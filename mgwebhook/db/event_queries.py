@@ -7,17 +7,30 @@ bound parameters, and the recipient filter escapes LIKE wildcards, so quotes,
 
 from __future__ import annotations
 
+import uuid
 from collections import defaultdict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, exists, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Uuid,
+    and_,
+    delete,
+    exists,
+    func,
+    null,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mgwebhook.db.schema import (
     SUBJECT_TABLES,
+    SubjectTable,
     email_events,
     normalised_message_id,
     webhook_events,
@@ -81,15 +94,35 @@ def _subject_message_ids(subject_type: str, subject_id: str) -> Any:
     Matching by message id also finds the subject's unmatched and duplicate events,
     which no audit row points to.
     """
-    table = SUBJECT_TABLES[subject_type]
-    current = select(normalised_message_id(table.c.email_message_id)).where(
-        table.c.id == subject_id
-    )
     audited = select(email_events.c.message_id).where(
         email_events.c.subject_type == subject_type,
         email_events.c.subject_id == subject_id,
     )
+    subject = SUBJECT_TABLES[subject_type]
+    key = subject_key(subject, subject_id)
+    if key is None:
+        return audited
+    current = select(normalised_message_id(subject.message_id)).where(subject.id == key)
     return current.union(audited)
+
+
+def subject_key(subject: SubjectTable, text: str) -> Any | None:
+    """Return `text` as a value of the subject table's id type, or None if it cannot be one.
+
+    Mapped tables may have integer or UUID ids, and comparing such a column with
+    text that is not a valid id fails on PostgreSQL.
+    """
+    column_type = subject.id.type
+    try:
+        if isinstance(column_type, Uuid):
+            return str(uuid.UUID(text))
+        if column_type.python_type is int:
+            number = int(text)
+            # BIGINT range.
+            return number if -(2**63) <= number < 2**63 else None
+    except ValueError:
+        return None
+    return text
 
 
 async def list_events(
@@ -101,6 +134,26 @@ async def list_events(
         statement = statement.where(webhook_events.c.id < before_id)
     statement = statement.order_by(webhook_events.c.id.desc()).limit(limit)
     return (await session.execute(statement)).all()
+
+
+async def get_event(session: AsyncSession, webhook_event_id: int) -> Any:
+    """Return the stored event with this id, or None."""
+    statement = select(webhook_events).where(webhook_events.c.id == webhook_event_id)
+    return (await session.execute(statement)).first()
+
+
+async def set_outcome(
+    session: AsyncSession,
+    webhook_event_id: int,
+    outcome: str,
+    detail: str | None,
+    processed_at: datetime | None,
+) -> None:
+    await session.execute(
+        update(webhook_events)
+        .where(webhook_events.c.id == webhook_event_id)
+        .values(outcome=outcome, detail=detail, processed_at=processed_at)
+    )
 
 
 async def select_event_ids(session: AsyncSession, selection: EventFilter) -> list[int]:
@@ -175,31 +228,46 @@ async def find_subjects(
     A subject had a message id when it is its current one or when an audit row
     of the subject records it (the row was re-sent since).
     """
-    found: dict[tuple[str, str], Subject] = {}
+    found: list[Subject] = []
     for subject_type in subject_types:
-        table = SUBJECT_TABLES[subject_type]
-        matches: list[ColumnElement[bool]] = []
+        subject = SUBJECT_TABLES[subject_type]
+        keys = []
         if subject_id is not None:
-            matches.append(table.c.id == subject_id)
+            keys.append(subject_key(subject, subject_id))
+        matches: list[ColumnElement[bool]] = []
         if message_id is not None:
-            audited = select(email_events.c.subject_id).where(
-                email_events.c.subject_type == subject_type,
-                email_events.c.message_id == message_id,
+            # email_events.subject_id is text whatever the id type of the table.
+            audited = await session.scalars(
+                select(email_events.c.subject_id)
+                .distinct()
+                .where(
+                    email_events.c.subject_type == subject_type,
+                    email_events.c.message_id == message_id,
+                )
             )
-            matches.append(normalised_message_id(table.c.email_message_id) == message_id)
-            matches.append(table.c.id.in_(audited))
+            keys.extend(subject_key(subject, text) for text in audited)
+            matches.append(normalised_message_id(subject.message_id) == message_id)
+        valid_keys = [key for key in keys if key is not None]
+        if valid_keys:
+            matches.append(subject.id.in_(valid_keys))
         if not matches:
             continue
-        statement = select(table).where(or_(*matches)).order_by(table.c.id)
-        for row in await session.execute(statement):
-            found[(subject_type, row.id)] = Subject(
-                subject_type,
-                row.id,
-                row.email_message_id,
-                row.email_status,
-                row.email_status_updated_at,
+        updated_at = subject.status_updated_at
+        statement = (
+            select(
+                subject.id,
+                subject.message_id,
+                subject.status,
+                updated_at if updated_at is not None else null(),
             )
-    return list(found.values())
+            .where(or_(*matches))
+            .order_by(subject.id)
+        )
+        for key, current_message_id, status, status_updated_at in await session.execute(statement):
+            found.append(
+                Subject(subject_type, str(key), current_message_id, status, status_updated_at)
+            )
+    return found
 
 
 async def subject_timeline(
@@ -233,10 +301,8 @@ async def reconcilable_event_ids(session: AsyncSession, received_since: datetime
     indexed query when nothing has changed.
     """
     has_row = [
-        exists().where(
-            normalised_message_id(table.c.email_message_id) == webhook_events.c.message_id
-        )
-        for table in SUBJECT_TABLES.values()
+        exists().where(normalised_message_id(subject.message_id) == webhook_events.c.message_id)
+        for subject in SUBJECT_TABLES.values()
     ]
     statement = (
         select(webhook_events.c.id)

@@ -1,0 +1,170 @@
+"""Subject tables owned by the invoicing API, with other names and extra columns."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect, text
+from typer.testing import CliRunner
+
+from mgwebhook.cli.app import app
+from mgwebhook.config import load_settings
+from mgwebhook.db.engine import create_engine
+from mgwebhook.db.subjects import configure_subjects
+from mgwebhook.server.app import create_app
+from tests.conftest import SIGNING_KEY, reset_database
+from tests.helpers import fixture, post_json, signed
+
+runner = CliRunner()
+
+MAPPING = """
+[subjects]
+managed = false
+
+[subjects.document]
+table = "invoices"
+id_column = "invoice_no"
+message_id_column = "mailgun_message"
+status_column = "mail_state"
+status_updated_at_column = "mail_state_at"
+
+[subjects.tenant]
+table = "accounts"
+id_column = "account_id"
+id_type = "integer"
+message_id_column = "verification_message"
+status_column = "verification_status"
+status_updated_at_column = ""
+"""
+
+API_TABLES = [
+    "CREATE TABLE invoices (invoice_no VARCHAR(40) PRIMARY KEY, customer TEXT NOT NULL, "
+    "amount NUMERIC(12, 2), mailgun_message TEXT, mail_state VARCHAR(20), "
+    "mail_state_at TIMESTAMP WITH TIME ZONE)",
+    "CREATE TABLE accounts (account_id INTEGER PRIMARY KEY, name TEXT, login_count INTEGER, "
+    "verification_message TEXT, verification_status TEXT)",
+    "INSERT INTO invoices (invoice_no, customer, amount, mailgun_message, mail_state) "
+    "VALUES ('INV-1042', 'ACME', 99.50, '<20130503182626.18666.16540@mg.example.com>', 'QUEUED')",
+    "INSERT INTO accounts (account_id, name, verification_message, verification_status) "
+    "VALUES (7, 'ACME', '20130503182626.18666.16540@mg.example.com', 'SENT')",
+]
+
+
+@pytest.fixture
+async def api_database(database_url: str, tmp_path: Path):
+    """A database that holds only the invoicing API's own tables, and a config mapping them."""
+    await reset_database(database_url)
+    engine = create_engine(database_url)
+    async with engine.begin() as connection:
+        for statement in API_TABLES:
+            await connection.execute(text(statement))
+    config = tmp_path / "mapped.toml"
+    config.write_text(f'[database]\nurl = "{database_url}"\n{MAPPING}')
+    yield engine, config
+    await engine.dispose()
+    configure_subjects(load_settings(None, environ={}).subjects)
+
+
+async def invoke(arguments: list[str]):
+    return await asyncio.to_thread(runner.invoke, app, arguments, env={"COLUMNS": "200"})
+
+
+async def table_names(engine) -> set[str]:
+    async with engine.connect() as connection:
+        return await connection.run_sync(lambda c: set(inspect(c).get_table_names()))
+
+
+async def test_upgrade_leaves_api_tables_alone(api_database):
+    engine, config = api_database
+    result = await invoke(["db", "upgrade", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    tables = await table_names(engine)
+    assert "documents" not in tables
+    assert "tenants" not in tables
+    assert {"invoices", "accounts", "webhook_events", "email_events"} <= tables
+    async with engine.connect() as connection:
+        indexes = await connection.run_sync(lambda c: inspect(c).get_indexes("invoices"))
+    assert indexes == []
+
+    check = await invoke(["db", "check", "--config", str(config)])
+    assert check.exit_code == 0, check.output
+    assert check.output == "The documents and tenants tables have every configured column.\n"
+
+
+async def test_check_names_missing_and_mistyped_columns(api_database):
+    engine, config = api_database
+    broken = config.read_text().replace('"mail_state_at"', '"mailed_at"').replace(
+        'status_column = "verification_status"', 'status_column = "login_count"'
+    )
+    config.write_text(broken)
+    result = await invoke(["db", "check", "--config", str(config)])
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert lines[0] == "Error: the subject tables are not usable:"
+    assert lines[1].startswith(
+        "- column invoices.mailed_at (document status timestamp) does not exist (columns: amount, "
+    )
+    assert lines[2] == (
+        "- column accounts.login_count (tenant status) has type INTEGER; expected text"
+    )
+    assert len(lines) == 3
+
+
+async def test_webhook_updates_mapped_rows(api_database, aiohttp_client):
+    engine, config = api_database
+    assert (await invoke(["db", "upgrade", "--config", str(config)])).exit_code == 0
+    settings = load_settings(config, environ={})
+    client = await aiohttp_client(
+        create_app(settings, [SIGNING_KEY], engine=engine, create_tables=False, reconcile=False)
+    )
+    assert await post_json(client, signed(fixture("failed_permanent"))) == (200, {"ok": True})
+
+    async with engine.connect() as connection:
+        invoice = (
+            await connection.execute(
+                text("SELECT mail_state, mail_state_at, customer, amount FROM invoices")
+            )
+        ).one()
+        account = (
+            await connection.execute(text("SELECT verification_status FROM accounts"))
+        ).one()
+        audit = (
+            await connection.execute(
+                text(
+                    "SELECT subject_type, subject_id, event_type, status_before, status_after "
+                    "FROM email_events ORDER BY subject_type"
+                )
+            )
+        ).all()
+    assert invoice[0] == "FAILED"
+    assert invoice[1] is not None
+    assert (invoice[2], float(invoice[3])) == ("ACME", 99.5)
+    assert account[0] == "FAILED"
+    assert [tuple(row) for row in audit] == [
+        ("document", "INV-1042", "EMAIL_FAILED", "QUEUED", "FAILED"),
+        ("tenant", "7", "EMAIL_FAILED", "SENT", "FAILED"),
+    ]
+
+
+async def test_track_converts_integer_ids(api_database):
+    engine, config = api_database
+    assert (await invoke(["db", "upgrade", "--config", str(config)])).exit_code == 0
+    result = await invoke(["track", "tenant", "8", "<new@mg.example.com>", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "Tracked tenant 8: message id new@mg.example.com, status SENT"
+    bad = await invoke(["track", "tenant", "eight", "m@x", "--config", str(config)])
+    assert bad.exit_code == 1
+    assert "tenant id 'eight' is not a valid int" in bad.output
+
+
+def test_one_column_for_two_roles_is_rejected(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text(MAPPING.replace('"verification_status"', '"account_id"'))
+    result = runner.invoke(app, ["db", "check", "--config", str(config)])
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: [subjects.tenant] in " + str(config) + " uses column 'account_id' for more than "
+        "one role; map id, message id, status and status timestamp to distinct columns\n"
+    )

@@ -1,0 +1,360 @@
+"""Load benchmark: mgwebhook against a bare aiohttp handler, driven by wrk in one run.
+
+Usage (from the repository root, with the project installed):
+
+    python bench/run.py --database sqlite --rows 10000 --duration 30
+
+It seeds a temporary database with ROWS tracked documents (and optionally
+stored events), writes one uniquely signed `delivered` or `failed` event per
+request to a file, and drives `mgwebhook serve` and then a bare handler with
+wrk. It prints events/s, p50/p99 latency, the ratio of the two rates, and the
+server's resident memory. wrk comes from Debian's `wrk` package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from mgwebhook.db.engine import create_engine, create_schema
+from mgwebhook.db.schema import documents, email_events, webhook_events, webhook_tokens
+from mgwebhook.samples import event_data, signature_block
+
+BENCH_DIR = Path(__file__).resolve().parent
+SIGNING_KEY = "bench-signing-key"
+WEBHOOK_PATH = "/v1/mailgun/webhook"
+# Bodies written per second of the run: above the highest rate seen on 2 cores,
+# so wrk does not run out and resend a token.
+BODIES_PER_SECOND = 8000
+
+
+@dataclass
+class WrkResult:
+    requests_per_second: float
+    non_2xx: int
+    requests: int
+    p50_ms: float
+    p99_ms: float
+    seconds: float
+
+    @property
+    def ok_per_second(self) -> float:
+        return (self.requests - self.non_2xx) / self.seconds
+
+
+@dataclass
+class MemoryTrace:
+    samples: list[tuple[float, int]] = field(default_factory=list)
+
+    def peak_mb(self) -> float:
+        return max((rss for _, rss in self.samples), default=0) / 1024
+
+    def average_mb(self, start: float, end: float) -> float:
+        values = [rss for t, rss in self.samples if start <= t < end]
+        return (sum(values) / len(values) / 1024) if values else 0.0
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument(
+        "--postgres-url",
+        default="postgresql+asyncpg://postgres@127.0.0.1:5432/test",
+        help="server and database used with --database postgresql (default: %(default)s); "
+        "a database named mgwebhook_bench is created on it and dropped afterwards",
+    )
+    parser.add_argument("--rows", type=int, default=10_000, help="tracked documents to seed")
+    parser.add_argument(
+        "--stored-events", type=int, default=0, help="stored events and audit rows to seed"
+    )
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads")
+    parser.add_argument("--duration", type=int, default=30, help="seconds per wrk run")
+    parser.add_argument("--workers", type=int, default=1, help="mgwebhook serve --workers")
+    parser.add_argument("--skip-bare", action="store_true", help="do not measure the baseline")
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    if shutil.which("wrk") is None:
+        print("wrk is not installed; install it with: apt-get install wrk", file=sys.stderr)
+        return 1
+
+    with tempfile.TemporaryDirectory(prefix="mgwebhook-bench-") as folder:
+        workdir = Path(folder)
+        database_url = prepare_database(args, workdir)
+        try:
+            bodies = workdir / "bodies.jsonl"
+            count = write_bodies(bodies, args.rows, BODIES_PER_SECOND * args.duration)
+            print(f"seeded {args.rows} documents, {args.stored_events} stored events; "
+                  f"wrote {count} signed bodies")
+
+            server, memory = measure_mgwebhook(args, database_url, bodies)
+            bare = None if args.skip_bare else measure_bare(args, bodies)
+            report(args, server, bare, memory)
+        finally:
+            if args.database == "postgresql":
+                drop_postgres_database(args.postgres_url)
+    return 0
+
+
+def prepare_database(args: argparse.Namespace, workdir: Path) -> str:
+    if args.database == "sqlite":
+        url = f"sqlite+aiosqlite:///{workdir / 'bench.db'}"
+    else:
+        drop_postgres_database(args.postgres_url)
+        asyncio.run(execute_autocommit(args.postgres_url, "CREATE DATABASE mgwebhook_bench"))
+        url = args.postgres_url.rsplit("/", 1)[0] + "/mgwebhook_bench"
+    asyncio.run(seed(url, args.rows, args.stored_events))
+    return url
+
+
+def drop_postgres_database(url: str) -> None:
+    statement = "DROP DATABASE IF EXISTS mgwebhook_bench WITH (FORCE)"
+    asyncio.run(execute_autocommit(url, statement))
+
+
+async def execute_autocommit(url: str, statement: str) -> None:
+    engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
+    async with engine.connect() as connection:
+        await connection.execute(text(statement))
+    await engine.dispose()
+
+
+async def seed(url: str, rows: int, stored_events: int) -> None:
+    engine = create_engine(url)
+    await create_schema(engine)
+    chunk = 10_000
+    stamp = datetime.now(UTC)
+    async with engine.begin() as connection:
+        for start in range(0, rows, chunk):
+            await connection.execute(
+                documents.insert(),
+                [
+                    {
+                        "id": f"INV-{i}",
+                        "email_message_id": f"<bench-{i}@mg.example.com>",
+                        "email_status": "SENT",
+                    }
+                    for i in range(start, min(rows, start + chunk))
+                ],
+            )
+        for start in range(0, stored_events, chunk):
+            batch = range(start, min(stored_events, start + chunk))
+            await connection.execute(webhook_tokens.insert(), [_token(i, stamp) for i in batch])
+            await connection.execute(webhook_events.insert(), [_event(i, stamp) for i in batch])
+            await connection.execute(email_events.insert(), [_audit(i, stamp) for i in batch])
+        if engine.dialect.name == "postgresql" and stored_events:
+            await connection.execute(
+                text(
+                    "SELECT setval(pg_get_serial_sequence('webhook_events', 'id'), "
+                    "(SELECT max(id) FROM webhook_events))"
+                )
+            )
+    await engine.dispose()
+
+
+def _token(i: int, stamp: datetime) -> dict[str, object]:
+    return {"token": f"seed-{i}", "fingerprint": "0" * 64, "signed_at": stamp, "received_at": stamp}
+
+
+def _event(i: int, stamp: datetime) -> dict[str, object]:
+    return {
+        "id": i + 1,
+        "received_at": stamp,
+        "token": f"seed-{i}",
+        "payload_format": "json",
+        "raw_payload": "{}",
+        "event": "delivered",
+        "mailgun_event_id": f"seed-{i}",
+        "message_id": f"old-{i}@mg.example.com",
+        "recipient": "alice@example.com",
+        "occurred_at": stamp,
+        "outcome": "applied",
+        "processed_at": stamp,
+    }
+
+
+def _audit(i: int, stamp: datetime) -> dict[str, object]:
+    return {
+        "subject_type": "document",
+        "subject_id": f"OLD-{i}",
+        "event_type": "EMAIL_DELIVERED",
+        "mailgun_event": "delivered",
+        "mailgun_event_id": f"seed-{i}",
+        "message_id": f"old-{i}@mg.example.com",
+        "occurred_at": stamp,
+        "status_changed": True,
+        "webhook_event_id": i + 1,
+        "created_at": stamp,
+    }
+
+
+def write_bodies(path: Path, rows: int, count: int) -> int:
+    """Write one signed JSON body per line, each with its own token and event id."""
+    key = SIGNING_KEY.encode()
+    stamp = int(time.time())
+    random_rows = random.Random(42)
+    with path.open("w") as file:
+        for _ in range(count):
+            row = random_rows.randrange(rows)
+            kind = random_rows.random()
+            if kind < 0.8:
+                data = event_data("delivered", f"bench-{row}@mg.example.com")
+            elif kind < 0.95:
+                data = event_data("failed", f"bench-{row}@mg.example.com", severity="temporary")
+            else:
+                data = event_data("failed", f"bench-{row}@mg.example.com", severity="permanent")
+            block = signature_block(key, timestamp=stamp, token=secrets.token_hex(25))
+            file.write(json.dumps({"signature": block, "event-data": data}) + "\n")
+    return count
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, process: subprocess.Popen, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with code {process.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"server did not listen on port {port} within {seconds} s")
+
+
+def run_wrk(args: argparse.Namespace, port: int, bodies: Path) -> WrkResult:
+    env = {**os.environ, "BENCH_BODIES": str(bodies), "BENCH_THREADS": str(args.threads)}
+    command = [
+        "wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s", "--latency",
+        "-s", str(BENCH_DIR / "bodies.lua"), f"http://127.0.0.1:{port}{WEBHOOK_PATH}",
+    ]
+    output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+    return parse_wrk(output, args.duration)
+
+
+def parse_wrk(output: str, seconds: int) -> WrkResult:
+    def latency(label: str) -> float:
+        match = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", output, re.MULTILINE)
+        if match is None:
+            raise ValueError(f"wrk output has no {label}% latency:\n{output}")
+        value, unit = float(match.group(1)), match.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    requests = int(re.search(r"(\d+) requests in", output).group(1))
+    elapsed = re.search(r"requests in ([\d.]+)(ms|s|m)", output)
+    duration = float(elapsed.group(1)) * {"ms": 0.001, "s": 1, "m": 60}[elapsed.group(2)]
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    return WrkResult(
+        requests_per_second=float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
+        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
+        requests=requests,
+        p50_ms=latency("50"),
+        p99_ms=latency("99"),
+        seconds=duration or seconds,
+    )
+
+
+def sample_memory(pid: int, trace: MemoryTrace, stop: threading.Event) -> None:
+    started = time.monotonic()
+    while not stop.wait(1.0):
+        total = 0
+        for process in [pid, *child_pids(pid)]:
+            try:
+                status = Path(f"/proc/{process}/status").read_text()
+            except OSError:
+                continue
+            match = re.search(r"VmRSS:\s+(\d+) kB", status)
+            total += int(match.group(1)) if match else 0
+        trace.samples.append((time.monotonic() - started, total))
+
+
+def child_pids(pid: int) -> list[int]:
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    return [int(child) for child in children]
+
+
+def measure_mgwebhook(args, database_url: str, bodies: Path) -> tuple[WrkResult, MemoryTrace]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "MAILGUN_WEBHOOK_SIGNING_KEY": SIGNING_KEY,
+        "MGWEBHOOK_DATABASE_URL": database_url,
+        "MGWEBHOOK_LOGGING_LEVEL": "WARNING",
+    }
+    command = [sys.executable, "-m", "mgwebhook", "serve", "--port", str(port)]
+    if args.workers > 1:
+        command += ["--workers", str(args.workers)]
+    server = subprocess.Popen(command, env=env)
+    trace, stop = MemoryTrace(), threading.Event()
+    try:
+        wait_for_port(port, server)
+        sampler = threading.Thread(target=sample_memory, args=(server.pid, trace, stop))
+        sampler.start()
+        result = run_wrk(args, port, bodies)
+    finally:
+        stop.set()
+        server.terminate()
+        server.wait(timeout=60)
+    return result, trace
+
+
+def measure_bare(args, bodies: Path) -> WrkResult:
+    port = free_port()
+    env = {**os.environ, "MAILGUN_WEBHOOK_SIGNING_KEY": SIGNING_KEY}
+    server = subprocess.Popen([sys.executable, str(BENCH_DIR / "bare_handler.py"), str(port)],
+                              env=env)
+    try:
+        wait_for_port(port, server)
+        return run_wrk(args, port, bodies)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def report(args, server: WrkResult, bare: WrkResult | None, memory: MemoryTrace) -> None:
+    print()
+    print(f"database={args.database} rows={args.rows} stored_events={args.stored_events} "
+          f"connections={args.connections} duration={args.duration}s workers={args.workers}")
+    print(f"mgwebhook: {server.ok_per_second:.0f} events/s (200s), "
+          f"{server.non_2xx} non-2xx, p50 {server.p50_ms:.1f} ms, p99 {server.p99_ms:.1f} ms")
+    if bare is not None:
+        print(f"bare handler: {bare.ok_per_second:.0f} requests/s, p50 {bare.p50_ms:.1f} ms, "
+              f"p99 {bare.p99_ms:.1f} ms")
+        print(f"ratio to bare handler: {server.ok_per_second / bare.ok_per_second:.2f}")
+    half = args.duration / 2
+    print(f"server RSS: peak {memory.peak_mb():.0f} MB, mean first half "
+          f"{memory.average_mb(0, half):.0f} MB, mean second half "
+          f"{memory.average_mb(half, args.duration + 1):.0f} MB")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -21,6 +21,10 @@ from mgwebhook.errors import ConfigError
 ENV_PREFIX = "MGWEBHOOK_"
 CONFIG_PATH_ENV = "MGWEBHOOK_CONFIG"
 REGIONS = ("us", "eu")
+ID_TYPES = ("text", "integer", "uuid")
+LOG_FORMATS = ("text", "json")
+# Values of logging.log_recipients, which sets whether the per-webhook line shows the recipient.
+LOG_RECIPIENT_MODES = ("omit", "hash", "plain")
 SIGNING_KEY_HELP = (
     "Copy the key from the Mailgun dashboard: Webhooks, 'HTTP webhook signing key'. "
     "It is not the private API key."
@@ -33,6 +37,17 @@ class ServerSettings:
     port: int = 8080
     # Bodies larger than this are answered 413 without being read in full.
     max_body_bytes: int = 16 * 1024 * 1024
+    # TCP port for GET /metrics alone, on the same host. 0 serves /metrics on `port`.
+    metrics_port: int = 0
+    # On SIGTERM or SIGINT, seconds to wait for requests in progress before they
+    # are cancelled. Posts already queued are committed after that wait.
+    shutdown_timeout_seconds: int = 30
+    # Seconds a connection may stay open without sending a complete request line
+    # and headers, counted from connect or from the previous response (aiohttp's
+    # keepalive_timeout). Idle keep-alive connections are closed after it too.
+    keepalive_timeout_seconds: int = 75
+    # Seconds allowed for reading a request body. A slower body gets 408.
+    body_timeout_seconds: int = 60
 
 
 @dataclass(frozen=True)
@@ -63,17 +78,45 @@ class IngestSettings:
 @dataclass(frozen=True)
 class LoggingSettings:
     level: str = "INFO"
+    # "text" or "json" (one object per line).
+    format: str = "text"
+    # Recipient on the per-webhook line: "omit", "hash" (the first 12 hex digits of
+    # the SHA-256 of the lower-cased address) or "plain".
+    log_recipients: str = "omit"
 
 
 @dataclass(frozen=True)
 class ReconcileSettings:
     """Retrying of unmatched events while `mgwebhook serve` runs."""
 
-    # Unmatched events received within this many seconds are retried; older ones
+    # Unmatched events received within this many seconds are retried. Older ones
     # wait for `mgwebhook events replay`.
     window_seconds: int = 60 * 60
     # Seconds between two passes; 0 turns reconciliation off.
     interval_seconds: int = 30
+
+
+@dataclass(frozen=True)
+class SubjectMapping:
+    """Where one kind of subject row lives: its table and the columns by role."""
+
+    table: str
+    id_column: str = "id"
+    # Type of the id column: "text", "integer" or "uuid".
+    id_type: str = "text"
+    message_id_column: str = "email_message_id"
+    status_column: str = "email_status"
+    # Empty when the table has no such column.
+    status_updated_at_column: str = "email_status_updated_at"
+
+
+@dataclass(frozen=True)
+class SubjectSettings:
+    # True: mgwebhook creates the tables below. False: they belong to the
+    # invoicing API, and mgwebhook never creates or alters them.
+    managed: bool = True
+    document: SubjectMapping = field(default_factory=lambda: SubjectMapping("documents"))
+    tenant: SubjectMapping = field(default_factory=lambda: SubjectMapping("tenants"))
 
 
 @dataclass(frozen=True)
@@ -96,6 +139,7 @@ class Settings:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     ingest: IngestSettings = field(default_factory=IngestSettings)
     reconcile: ReconcileSettings = field(default_factory=ReconcileSettings)
+    subjects: SubjectSettings = field(default_factory=SubjectSettings)
     environments: dict[str, EnvironmentSettings] = field(default_factory=dict)
 
     def environment(self, name: str) -> EnvironmentSettings:
@@ -137,11 +181,11 @@ def load_settings(
     document = _read_toml(path) if path is not None else {}
     source = str(path) if path is not None else "defaults"
 
-    unknown = set(document) - set(_SECTIONS) - {"environments"}
+    unknown = set(document) - set(_SECTIONS) - {"environments", "subjects"}
     if unknown:
         raise ConfigError(
             f"unknown section [{sorted(unknown)[0]}] in {source} "
-            f"(known: {', '.join([*_SECTIONS, 'environments'])})"
+            f"(known: {', '.join([*_SECTIONS, 'subjects', 'environments'])})"
         )
 
     sections: dict[str, Any] = {}
@@ -155,7 +199,8 @@ def load_settings(
         sections[name] = cls(**values)
 
     environments = _parse_environments(document.get("environments", {}), source)
-    settings = Settings(**sections, environments=environments)
+    subjects = _parse_subjects(document.get("subjects", {}), environ, source)
+    settings = Settings(**sections, subjects=subjects, environments=environments)
     _validate(settings)
     return settings
 
@@ -259,6 +304,57 @@ def _parse_environments(table: Any, source: str) -> dict[str, EnvironmentSetting
     return environments
 
 
+def _parse_subjects(table: Any, environ: Mapping[str, str], source: str) -> SubjectSettings:
+    if not isinstance(table, dict):
+        raise ConfigError(f"[subjects] in {source} must be a table")
+    defaults = SubjectSettings()
+    managed: Any = table.get("managed", defaults.managed)
+    variable = f"{ENV_PREFIX}SUBJECTS_MANAGED"
+    if variable in environ:
+        managed = {"true": True, "false": False}.get(environ[variable].strip().lower(), environ[variable])
+    if not isinstance(managed, bool):
+        raise ConfigError(f"[subjects] managed must be true or false, not {managed!r}")
+
+    mappings: dict[str, SubjectMapping] = {}
+    known = [f.name for f in dataclasses.fields(SubjectMapping)]
+    for kind in ("document", "tenant"):
+        entry = table.get(kind, {})
+        where = f"[subjects.{kind}] in {source}"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where} must be a table")
+        for key, value in entry.items():
+            if key not in known:
+                raise ConfigError(f"unknown key {key!r} in {where} (known: {', '.join(known)})")
+            if not isinstance(value, str) or (not value and key != "status_updated_at_column"):
+                raise ConfigError(f"{where} {key} must be a non-empty string, not {value!r}")
+        if entry.get("id_type", "text") not in ID_TYPES:
+            raise ConfigError(
+                f"{where} id_type {entry['id_type']!r} is invalid; use one of {', '.join(ID_TYPES)}"
+            )
+        mapping = dataclasses.replace(getattr(defaults, kind), **entry)
+        roles = [
+            mapping.id_column,
+            mapping.message_id_column,
+            mapping.status_column,
+            mapping.status_updated_at_column,
+        ]
+        used = [column for column in roles if column]
+        repeated = next((column for column in used if used.count(column) > 1), None)
+        if repeated is not None:
+            raise ConfigError(
+                f"{where} uses column {repeated!r} for more than one role; map id, message id, "
+                "status and status timestamp to distinct columns"
+            )
+        mappings[kind] = mapping
+    extra = set(table) - {"managed", "document", "tenant"}
+    if extra:
+        raise ConfigError(
+            f"unknown key {sorted(extra)[0]!r} in [subjects] of {source} "
+            "(known: managed, document, tenant)"
+        )
+    return SubjectSettings(managed=managed, **mappings)
+
+
 def _validate(settings: Settings) -> None:
     server, webhook = settings.server, settings.webhook
     if not 0 <= server.port <= 65535:
@@ -267,11 +363,32 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(
             f"server max_body_bytes {server.max_body_bytes} is too small; use at least 1024"
         )
+    if server.shutdown_timeout_seconds < 0:
+        raise ConfigError(
+            f"server shutdown_timeout_seconds {server.shutdown_timeout_seconds} is negative; "
+            "use 0 or more seconds"
+        )
+    for name in ("keepalive_timeout_seconds", "body_timeout_seconds"):
+        if getattr(server, name) <= 0:
+            raise ConfigError(
+                f"server {name} {getattr(server, name)} is not positive; use 1 or more seconds"
+            )
     if webhook.max_age_seconds <= 0 or webhook.max_future_skew_seconds < 0:
         raise ConfigError(
             "webhook max_age_seconds must be positive and max_future_skew_seconds "
             f"not negative (got {webhook.max_age_seconds} and {webhook.max_future_skew_seconds})"
         )
+    if not 0 <= server.metrics_port <= 65535:
+        raise ConfigError(
+            f"server metrics_port {server.metrics_port} is out of range; use 1 to 65535, "
+            "or 0 to serve /metrics on the main port"
+        )
+    if server.metrics_port != 0 and server.metrics_port == server.port:
+        raise ConfigError(
+            f"server metrics_port {server.metrics_port} is the same as port; use another "
+            "port, or 0 to serve /metrics on the main port"
+        )
+    _validate_logging(settings.logging)
     reconcile = settings.reconcile
     if reconcile.window_seconds <= 0 or reconcile.interval_seconds < 0:
         raise ConfigError(
@@ -290,4 +407,16 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(
             f"database url scheme {scheme!r} is not supported; use "
             "sqlite+aiosqlite:///FILE or postgresql+asyncpg://USER@HOST/DB"
+        )
+
+
+def _validate_logging(logging: LoggingSettings) -> None:
+    if logging.format not in LOG_FORMATS:
+        raise ConfigError(
+            f"logging format {logging.format!r} is invalid; use {' or '.join(LOG_FORMATS)}"
+        )
+    if logging.log_recipients not in LOG_RECIPIENT_MODES:
+        raise ConfigError(
+            f"logging log_recipients {logging.log_recipients!r} is invalid; use "
+            f"{', '.join(LOG_RECIPIENT_MODES)}"
         )

@@ -8,6 +8,7 @@ Every exception derives from ``MgwebhookError``::
     │   ├── PayloadTooLarge       413: the body is over the size limit
     │   ├── UnsupportedMediaType  415: the content type is not JSON, urlencoded or multipart
     │   ├── MalformedPayload      400: the body cannot be parsed or has no signature fields
+    │   ├── BodyTimeout           408: the body did not arrive within the read timeout
     │   └── NotAuthentic          401: the request cannot be trusted
     │       ├── SignatureMismatch no configured key produced the signature
     │       ├── StaleTimestamp    the timestamp is not an integer, too old or too far ahead
@@ -59,6 +60,13 @@ class MalformedPayload(WebhookRejected):
 
     status = 400
     reason = "malformed"
+
+
+class BodyTimeout(WebhookRejected):
+    """Raised when the request body is not read in full within the configured timeout."""
+
+    status = 408
+    reason = "body-timeout"
 
 
 class NotAuthentic(WebhookRejected):

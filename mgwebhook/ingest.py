@@ -29,6 +29,8 @@ from mgwebhook.payloads import MailgunEvent, Payload, extract_event, parse_store
 
 logger = logging.getLogger(__name__)
 
+UNMATCHED_DETAIL = "no document or tenant has this message id yet"
+
 
 class Outcome(StrEnum):
     """What became of a post; every value but RETRY is stored with the event."""
@@ -79,28 +81,48 @@ async def ingest(session: AsyncSession, webhook: VerifiedWebhook, now: datetime)
 def ingest_batch(
     session: Session, webhooks: list[VerifiedWebhook], now: datetime
 ) -> list[IngestResult | TokenReplayed | DatabaseUnavailable]:
-    """Ingest several posts in the caller's transaction, each inside a savepoint.
+    """Ingest several posts in the caller's transaction.
 
-    A post that fails rolls back only its own savepoint, so its neighbours in
-    the batch still commit. Errors that break the whole transaction, such as a
-    lost connection, propagate and fail the batch.
+    The batch first runs inside one savepoint. If a post fails in the database,
+    that savepoint is rolled back and the batch runs again with a savepoint per
+    post, so only the failing post is lost and its neighbours still commit.
+    Errors that break the whole transaction, such as a lost connection,
+    propagate and fail the batch.
     """
+    savepoint = session.begin_nested()
     results: list[IngestResult | TokenReplayed | DatabaseUnavailable] = []
-    for webhook in webhooks:
-        savepoint = session.begin_nested()
-        try:
-            results.append(ingest_one(session, webhook, now))
-        except TokenReplayed as error:
-            savepoint.rollback()
-            results.append(error)
-            continue
-        except SQLAlchemyError as error:
-            savepoint.rollback()
-            logger.error("event with token %s failed: %s", webhook.token[:8], describe(error))
-            results.append(DatabaseUnavailable(describe(error)))
-            continue
+    try:
+        results.extend(_ingest_or_reject(session, webhook, now) for webhook in webhooks)
+    except SQLAlchemyError:
+        savepoint.rollback()
+    else:
         savepoint.commit()
-    return results
+        return results
+    return [_ingest_isolated(session, webhook, now) for webhook in webhooks]
+
+
+def _ingest_or_reject(
+    session: Session, webhook: VerifiedWebhook, now: datetime
+) -> IngestResult | TokenReplayed:
+    # A replayed token is detected before anything is written, so no rollback is needed.
+    try:
+        return ingest_one(session, webhook, now)
+    except TokenReplayed as error:
+        return error
+
+
+def _ingest_isolated(
+    session: Session, webhook: VerifiedWebhook, now: datetime
+) -> IngestResult | TokenReplayed | DatabaseUnavailable:
+    savepoint = session.begin_nested()
+    try:
+        result = _ingest_or_reject(session, webhook, now)
+    except SQLAlchemyError as error:
+        savepoint.rollback()
+        logger.error("event with token %s failed: %s", webhook.token[:8], describe(error))
+        return DatabaseUnavailable(describe(error))
+    savepoint.commit()
+    return result
 
 
 def ingest_one(session: Session, webhook: VerifiedWebhook, now: datetime) -> IngestResult:
@@ -131,12 +153,23 @@ def ingest_one(session: Session, webhook: VerifiedWebhook, now: datetime) -> Ing
     if classification is None:
         return IngestResult(Outcome.IGNORED, f"event type {event.event!r} is not tracked", event)
 
+    assert event.message_id is not None  # guaranteed by _classify
+    subjects = repository.lock_subjects(session, event.message_id)
+    # The outcome is stored with the row; _record corrects it in the rare case
+    # that a matching row already had this Mailgun event.
+    outcome, detail = _expected_outcome(classification, subjects)
     event_id = repository.insert_webhook_event(
         session,
         **_stored_fields(webhook, event, now),
-        outcome=Outcome.UNMATCHED,
+        outcome=outcome,
+        detail=detail,
+        processed_at=now,
     )
-    return _apply(session, event, classification, event_id, webhook.signed_at, now)
+    if not subjects:
+        return IngestResult(Outcome.UNMATCHED, detail, event, event_id)
+    return _record(
+        session, event, classification, subjects, event_id, webhook.signed_at, now, detail
+    )
 
 
 async def reprocess_stored_event(
@@ -166,7 +199,17 @@ def reprocess_stored_event_sync(
         return IngestResult(Outcome.UNPROCESSABLE, str(error), webhook_event_id=webhook_event_id)
     if classification is None:
         return IngestResult(Outcome.IGNORED, f"event type {event.event!r} is not tracked", event)
-    return _apply(session, event, classification, webhook_event_id, signed_at, now)
+
+    assert event.message_id is not None  # guaranteed by _classify
+    subjects = repository.lock_subjects(session, event.message_id)
+    if not subjects:
+        repository.set_webhook_event_outcome(
+            session, webhook_event_id, Outcome.UNMATCHED, UNMATCHED_DETAIL, now
+        )
+        return IngestResult(Outcome.UNMATCHED, UNMATCHED_DETAIL, event, webhook_event_id)
+    return _record(
+        session, event, classification, subjects, webhook_event_id, signed_at, now, None
+    )
 
 
 def _classify(event: MailgunEvent) -> statuses.Classification | None:
@@ -178,15 +221,36 @@ def _classify(event: MailgunEvent) -> statuses.Classification | None:
     return classification
 
 
-def _apply(
+def _expected_outcome(
+    classification: statuses.Classification, subjects: list[repository.SubjectRow]
+) -> tuple[Outcome, str]:
+    if not subjects:
+        return Outcome.UNMATCHED, UNMATCHED_DETAIL
+    return Outcome.APPLIED, _applied_detail(classification, subjects)
+
+
+def _applied_detail(
+    classification: statuses.Classification, subjects: list[repository.SubjectRow]
+) -> str:
+    names = ", ".join(f"{s.subject_type}:{s.subject_id}" for s in subjects)
+    return f"{classification.audit_type} recorded for {names}"
+
+
+def _record(
     session: Session,
     event: MailgunEvent,
     classification: statuses.Classification,
+    subjects: list[repository.SubjectRow],
     webhook_event_id: int,
     signed_at: datetime,
     now: datetime,
+    stored_detail: str | None,
 ) -> IngestResult:
-    assert event.message_id is not None  # guaranteed by _classify
+    """Append the audit events and move the statuses of the locked rows.
+
+    `stored_detail` is the detail already stored with the event; the stored
+    outcome is updated only when the result differs from it.
+    """
     if classification.severity_inferred:
         logger.warning(
             "failed event %s has severity %r; classified as %s from reason %r and code %s",
@@ -196,14 +260,6 @@ def _apply(
             event.reason,
             event.delivery_code,
         )
-
-    subjects = repository.lock_subjects(session, event.message_id)
-    if not subjects:
-        detail = "no document or tenant has this message id yet"
-        repository.set_webhook_event_outcome(
-            session, webhook_event_id, Outcome.UNMATCHED, detail, now
-        )
-        return IngestResult(Outcome.UNMATCHED, detail, event, webhook_event_id)
 
     changes = []
     recorded = []
@@ -230,22 +286,21 @@ def _apply(
         )
         if not inserted:
             continue
-        recorded.append(f"{subject.subject_type}:{subject.subject_id}")
+        recorded.append(subject)
         if target is not None:
-            repository.set_subject_status(
-                session, subject.subject_type, subject.subject_id, target, now
-            )
+            repository.set_subject_status(session, subject, target, now)
             changes.append(
                 StatusChange(subject.subject_type, subject.subject_id, subject.email_status, target)
             )
 
     if recorded:
         outcome = Outcome.APPLIED
-        detail = f"{classification.audit_type} recorded for {', '.join(recorded)}"
+        detail = _applied_detail(classification, recorded)
     else:
         outcome = Outcome.DUPLICATE
         detail = "every matching row already has this Mailgun event"
-    repository.set_webhook_event_outcome(session, webhook_event_id, outcome, detail, now)
+    if detail != stored_detail:
+        repository.set_webhook_event_outcome(session, webhook_event_id, outcome, detail, now)
     return IngestResult(outcome, detail, event, webhook_event_id, changes)
 
 

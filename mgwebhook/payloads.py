@@ -17,6 +17,7 @@ import email.policy
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
@@ -33,6 +34,16 @@ PayloadFormat = Literal["json", "form"]
 MESSAGE_ID_STRIP = " \t\r\n<>"
 
 _SIGNATURE_FIELDS = ("timestamp", "token", "signature")
+# RFC 5322 limits a header line to 998 characters, so no real Message-Id is
+# longer. Longer values would also pass PostgreSQL's btree entry limit.
+MAX_MESSAGE_ID_LENGTH = 998
+# Mailgun's event ids are about 22 characters; a longer one is stored as a hash
+# so that it fits the unique index of the audit trail.
+MAX_EVENT_ID_LENGTH = 200
+# PostgreSQL text cannot hold NUL, and no database driver can encode a lone
+# surrogate (a JSON escape such as "\ud800" decodes to one), so both are
+# replaced with U+FFFD the same way on every database.
+_UNSTORABLE_CHARACTERS = re.compile("[\x00\ud800-\udfff]")
 _MAX_FORM_FIELDS = 10_000
 
 
@@ -116,15 +127,19 @@ def normalise_message_id(value: Any) -> str | None:
     """Return a message id without angle brackets or surrounding whitespace."""
     if not isinstance(value, str):
         return None
-    stripped = _without_nul(value).strip(MESSAGE_ID_STRIP)
+    stripped = _storable_text(value).strip(MESSAGE_ID_STRIP)
     return stripped or None
 
 
 def extract_event(payload: Payload) -> MailgunEvent:
     """Return the event of an authentic payload, or raise UnusableEvent."""
-    if payload.format == "json":
-        return _json_event(payload)
-    return _legacy_event(payload)
+    event = _json_event(payload) if payload.format == "json" else _legacy_event(payload)
+    if event.message_id is not None and len(event.message_id) > MAX_MESSAGE_ID_LENGTH:
+        raise UnusableEvent(
+            f"message id is {len(event.message_id)} characters long; "
+            f"no real message id is longer than {MAX_MESSAGE_ID_LENGTH}"
+        )
+    return event
 
 
 def _parse_json(body: bytes) -> Payload:
@@ -192,7 +207,8 @@ def _parse_multipart(content_type: str, body: bytes) -> dict[str, Any]:
 
 def _form_payload(fields: dict[str, Any]) -> Payload:
     signature = _signature_block(fields, "")
-    raw_text = json.dumps(fields, ensure_ascii=False, sort_keys=True)
+    # Multipart names and charsets can decode to lone surrogates, which cannot be stored.
+    raw_text = _storable_text(json.dumps(fields, ensure_ascii=False, sort_keys=True))
     payload = Payload("form", signature, fields, raw_text)
     _check_fingerprint(payload)
     return payload
@@ -206,14 +222,25 @@ def _signature_block(fields: dict[str, Any], prefix: str) -> SignatureBlock:
             value = str(value)
         if not isinstance(value, str) or not value:
             raise MalformedPayload(f"'{prefix}{name}' is missing or not a string")
+        # Mailgun sends digits and hex. Anything else could not be hashed (a lone
+        # surrogate), stored (NUL on PostgreSQL) or logged safely (a line break).
+        if not _is_printable_ascii(value):
+            raise MalformedPayload(f"'{prefix}{name}' is invalid: it must be printable ASCII")
         values[name] = value
     parent = fields.get("parent-signature")
+    # A parent signature that is not printable ASCII cannot match, so it is dropped.
+    if not isinstance(parent, str) or not _is_printable_ascii(parent):
+        parent = None
     return SignatureBlock(
         timestamp=values["timestamp"],
         token=values["token"],
         signature=values["signature"],
-        parent_signature=parent if isinstance(parent, str) and parent else None,
+        parent_signature=parent,
     )
+
+
+def _is_printable_ascii(value: str) -> bool:
+    return bool(value) and value.isascii() and value.isprintable()
 
 
 def _check_fingerprint(payload: Payload) -> None:
@@ -237,6 +264,8 @@ def _json_event(payload: Payload) -> MailgunEvent:
     status = _object(data.get("delivery-status"))
     message_id = normalise_message_id(headers.get("message-id"))
     event_id = _text(data.get("id"))
+    if event_id is not None and len(event_id) > MAX_EVENT_ID_LENGTH:
+        event_id = "sha256:" + hashlib.sha256(event_id.encode("utf-8")).hexdigest()
     occurred_at = _unix_time(data.get("timestamp"))
     event = name.lower()
     return MailgunEvent(
@@ -292,13 +321,12 @@ def _object(value: Any) -> dict[str, Any]:
 
 def _text(value: Any) -> str | None:
     if isinstance(value, str):
-        return _without_nul(value).strip() or None
+        return _storable_text(value).strip() or None
     return None
 
 
-def _without_nul(value: str) -> str:
-    # PostgreSQL text cannot hold NUL, so it is replaced the same way on every database.
-    return value.replace("\x00", "\ufffd")
+def _storable_text(value: str) -> str:
+    return _UNSTORABLE_CHARACTERS.sub("\ufffd", value)
 
 
 def _lower(value: Any) -> str | None:

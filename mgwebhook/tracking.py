@@ -80,7 +80,8 @@ def record_sent_email_sync(
         if result.outcome is ingest.Outcome.APPLIED:
             applied.append(event_id)
     row = repository.get_subject(session, subject_type, subject_id)
-    return TrackResult(subject_type, subject_id, normalised, row.email_status, applied)
+    status = row.email_status if row is not None else None
+    return TrackResult(subject_type, subject_id, normalised, status, applied)
 
 
 async def track_email(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -119,6 +120,7 @@ def make_client(
             engine=engine,
             create_tables=False,
             clock=clock,
+            reconcile=False,
         )
         return await aiohttp_client(app)
 
@@ -128,3 +130,15 @@ def make_client(
 @pytest.fixture
 async def client(make_client: Callable[..., Any]) -> TestClient:
     return await make_client()
+
+
+@pytest.fixture(autouse=True)
+def restore_root_logging() -> Iterator[None]:
+    """Undo the handlers that a command run in-process (such as `serve`) installs."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)

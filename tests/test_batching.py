@@ -165,7 +165,7 @@ async def _wait_until(condition) -> None:
 async def test_full_queue_is_503_and_queued_posts_commit(engine, settings):
     await insert_document(engine, "INV-1", FIXTURE_MESSAGE_ID)
     small = replace(settings, ingest=IngestSettings(queue_size=1, max_batch_size=1, writers=1))
-    app = create_app(small, [SIGNING_KEY], engine=engine, create_tables=False)
+    app = create_app(small, [SIGNING_KEY], engine=engine, create_tables=False, reconcile=False)
     locked, release = asyncio.Event(), asyncio.Event()
     async with TestClient(TestServer(app)) as client:
         holder = asyncio.create_task(_hold_write_lock(engine, locked, release))
@@ -197,7 +197,7 @@ async def test_full_queue_is_503_and_queued_posts_commit(engine, settings):
 @pytest.mark.parametrize("batch_size", [1, 7, 200])
 async def test_batch_size_does_not_change_results(engine, settings, batch_size):
     small = replace(settings, ingest=IngestSettings(max_batch_size=batch_size))
-    app = create_app(small, [SIGNING_KEY], engine=engine, create_tables=False)
+    app = create_app(small, [SIGNING_KEY], engine=engine, create_tables=False, reconcile=False)
     for index in range(10):
         await insert_document(engine, f"INV-{index}", f"<m-{index}@mg.example.com>")
     bodies = []

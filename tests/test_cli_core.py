@@ -16,8 +16,10 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from mgwebhook.cli.app import app
+from mgwebhook.db.engine import create_engine
+from mgwebhook.db.migrate import upgrade_schema
 from mgwebhook.db.schema import documents, email_events
-from tests.conftest import SIGNING_KEY
+from tests.conftest import SIGNING_KEY, reset_database
 from tests.helpers import fixture, signed, stored_events
 
 runner = CliRunner()
@@ -183,3 +185,31 @@ def test_python_module_serves_a_tracked_document(tmp_path: Path):
         check=True,
     )
     assert history.stdout.splitlines() == ["DELIVERED", "[('EMAIL_DELIVERED',)]"]
+
+
+async def test_serve_refuses_database_behind_code(database_url, tmp_path):
+    if database_url.startswith("sqlite"):
+        pytest.skip("serve upgrades a SQLite file itself")
+    await reset_database(database_url)
+    engine = create_engine(database_url)
+    try:
+        await upgrade_schema(engine, "0001")
+    finally:
+        await engine.dispose()
+    env = cli_env(database_url, MAILGUN_WEBHOOK_SIGNING_KEY="k")
+    result = await invoke(["serve", "--port", "0"], env)
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: the database schema is at revision 0001 and this code needs 0002; "
+        "run: mgwebhook db upgrade\n"
+    )
+
+
+async def test_db_current_reports_revision(database_url):
+    await reset_database(database_url)
+    env = cli_env(database_url)
+    before = await invoke(["db", "current"], env)
+    assert before.output == "No mgwebhook schema yet (the code needs 0002); run: mgwebhook db upgrade\n"
+    assert (await invoke(["db", "upgrade"], env)).exit_code == 0
+    after = await invoke(["db", "current"], env)
+    assert after.output == "0002 (up to date)\n"

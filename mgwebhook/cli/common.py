@@ -11,6 +11,7 @@ import typer
 
 from mgwebhook.cli import render
 from mgwebhook.config import Settings, load_settings
+from mgwebhook.db.subjects import configure_subjects
 from mgwebhook.errors import MgwebhookError
 
 T = TypeVar("T")
@@ -36,9 +37,11 @@ def fail(message: str) -> NoReturn:
 def settings_from(config: Path | None, overrides: Mapping[str, Any] | None = None) -> Settings:
     """Load the settings for a command, turning a configuration error into exit 1."""
     try:
-        return load_settings(config, overrides=overrides)
+        settings = load_settings(config, overrides=overrides)
     except MgwebhookError as error:
         fail(str(error))
+    configure_subjects(settings.subjects)
+    return settings
 
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:

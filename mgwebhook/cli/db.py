@@ -6,8 +6,10 @@ import typer
 from sqlalchemy.engine import make_url
 
 from mgwebhook.cli import render
-from mgwebhook.cli.common import ConfigOption, run, settings_from
+from mgwebhook.cli.common import ConfigOption, fail, run, settings_from
+from mgwebhook.db.check import check_subject_tables
 from mgwebhook.db.engine import create_engine, create_schema
+from mgwebhook.db.migrate import current_revision, head_revision
 
 app = typer.Typer(help="Manage the database schema.", no_args_is_help=True)
 
@@ -27,3 +29,43 @@ def upgrade(config: ConfigOption = None) -> None:
     run(upgrade_schema())
     database = make_url(settings.database.url).render_as_string(hide_password=True)
     render.info(f"Schema is up to date on {database}")
+
+
+@app.command("current")
+def current(config: ConfigOption = None) -> None:
+    """Print the schema revision of the configured database and the code's revision."""
+    settings = settings_from(config)
+
+    async def read() -> str | None:
+        engine = create_engine(settings.database.url)
+        try:
+            return await current_revision(engine)
+        finally:
+            await engine.dispose()
+
+    revision = run(read())
+    head = head_revision()
+    if revision is None:
+        render.info(f"No mgwebhook schema yet (the code needs {head}); run: mgwebhook db upgrade")
+    elif revision == head:
+        render.info(f"{revision} (up to date)")
+    else:
+        render.info(f"{revision} (the code needs {head}; run: mgwebhook db upgrade)")
+
+
+@app.command("check")
+def check(config: ConfigOption = None) -> None:
+    """Check that the documents and tenants tables have the configured columns."""
+    settings = settings_from(config)
+
+    async def inspect() -> list[str]:
+        engine = create_engine(settings.database.url)
+        try:
+            return await check_subject_tables(engine)
+        finally:
+            await engine.dispose()
+
+    problems = run(inspect())
+    if problems:
+        fail("the subject tables are not usable:\n" + "\n".join(f"- {p}" for p in problems))
+    render.info("The documents and tenants tables have every configured column.")

@@ -6,13 +6,15 @@ import logging
 from typing import Annotated
 
 import typer
-from aiohttp import web
 from sqlalchemy.engine import make_url
 
 from mgwebhook.cli.common import ConfigOption, fail, settings_from
-from mgwebhook.config import load_signing_keys
+from mgwebhook.config import Settings, load_signing_keys
 from mgwebhook.errors import ConfigError
-from mgwebhook.server.app import WEBHOOK_PATH, create_app
+from mgwebhook.logs import configure_logging as configure_log_output
+from mgwebhook.server.app import WEBHOOK_PATH
+from mgwebhook.server.startup import schema_problem
+from mgwebhook.server.workers import run_server, run_workers
 
 logger = logging.getLogger("mgwebhook")
 
@@ -25,17 +27,61 @@ def serve(
     port: Annotated[
         int | None, typer.Option(help="TCP port to listen on [default: 8080].", show_default=False)
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            help="TCP port that serves only GET /metrics; 0 serves it on --port [default: 0].",
+            show_default=False,
+        ),
+    ] = None,
+    log_format: Annotated[
+        str | None,
+        typer.Option(
+            help="Log output: text, or json for one object per line [default: text].",
+            show_default=False,
+        ),
+    ] = None,
+    log_level: Annotated[
+        str | None,
+        typer.Option(
+            help="Lowest level logged: DEBUG, INFO, WARNING or ERROR [default: INFO].",
+            show_default=False,
+        ),
+    ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Server processes sharing the port; more than 1 is for PostgreSQL.",
+        ),
+    ] = 1,
     config: ConfigOption = None,
 ) -> None:
     """Run the webhook endpoint at POST /v1/mailgun/webhook."""
-    settings = settings_from(config, {"server.host": host, "server.port": port})
+    overrides = {
+        "server.host": host,
+        "server.port": port,
+        "server.metrics_port": metrics_port,
+        "logging.format": log_format,
+        "logging.level": log_level,
+    }
+    settings = settings_from(config, overrides)
     try:
         keys = load_signing_keys(settings)
     except ConfigError as error:
         fail(str(error))
-    configure_logging(settings.logging.level)
+    configure_logging(settings.logging.level, settings.logging.format)
 
+    problem = schema_problem(settings)
+    if problem is not None:
+        fail(problem)
     database = make_url(settings.database.url).render_as_string(hide_password=True)
+    if workers > 1 and settings.database.url.startswith("sqlite"):
+        logger.warning(
+            "--workers %d on SQLite: the processes take turns on one write lock, "
+            "so throughput does not grow; use PostgreSQL for several workers",
+            workers,
+        )
     logger.info(
         "mgwebhook listening on http://%s:%d%s with %d signing key(s), database %s",
         settings.server.host,
@@ -44,18 +90,22 @@ def serve(
         len(keys),
         database,
     )
-    web.run_app(
-        create_app(settings, keys),
-        host=settings.server.host,
-        port=settings.server.port,
-        access_log=None,
-        print=None,
-    )
+    try:
+        if workers > 1:
+            code = run_workers(settings, keys, workers)
+            if code != 0:
+                raise typer.Exit(code)
+        else:
+            run_server(settings, keys)
+    except OSError as error:
+        # A listening port that is taken or not allowed.
+        fail(f"cannot start the server: {error}")
     logger.info("mgwebhook stopped")
 
 
-def configure_logging(level: str) -> None:
-    numeric = logging.getLevelName(level.upper())
-    if not isinstance(numeric, int):
-        fail(f"log level {level!r} is invalid; use DEBUG, INFO, WARNING or ERROR")
-    logging.basicConfig(level=numeric, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """Set up log output as `mgwebhook serve` does; a bad level or format ends with exit 1."""
+    try:
+        configure_log_output(level, log_format)
+    except ConfigError as error:
+        fail(str(error))

@@ -14,8 +14,6 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from mgwebhook.db.errors import translate_errors
-from mgwebhook.db.schema import metadata
 from mgwebhook.errors import ConfigError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -77,9 +75,10 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 
 
 async def create_schema(engine: AsyncEngine) -> None:
-    """Create missing tables and indexes; existing ones are left as they are."""
-    async with translate_errors(), engine.begin() as connection:
-        await connection.run_sync(metadata.create_all)
+    """Create missing tables or update them to the code's revision."""
+    from mgwebhook.db.migrate import upgrade_schema
+
+    await upgrade_schema(engine)
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -2,23 +2,25 @@
 
 The functions are synchronous so that a whole batch of events can run in one
 worker-thread call on SQLite. Async callers run them through
-`Session.run_sync`.
+`AsyncSession.run_sync`.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import Table, func, select, update
+from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from mgwebhook.db.schema import (
     SUBJECT_TABLES,
+    SubjectTable,
     email_events,
     normalised_message_id,
     webhook_events,
@@ -39,13 +41,61 @@ class SubjectRow:
     subject_type: str
     subject_id: str
     email_status: str | None
+    email_message_id: str | None = None
+    # The id as the database returns it (text, integer or UUID); subject_id is its text.
+    key: Any = None
 
 
 def _insert(session: Session, table: Table) -> Any:
     """Return an INSERT that supports ON CONFLICT for the session's dialect."""
-    if session.get_bind().dialect.name == "postgresql":
+    if _dialect(session) == "postgresql":
         return postgresql.insert(table)
     return sqlite.insert(table)
+
+
+def _dialect(session: Session) -> str:
+    return session.get_bind().dialect.name
+
+
+def _hot_statements(dialect: str) -> dict[str, Any]:
+    """Return the ingest statements for the dialect and the subject tables in use."""
+    return _build_hot_statements(dialect, tuple(SUBJECT_TABLES.values()))
+
+
+@functools.cache
+def _build_hot_statements(dialect: str, subjects: tuple[SubjectTable, ...]) -> dict[str, Any]:
+    """Statements of the ingest path, built once per dialect.
+
+    Building a statement with `.values()` for every event costs more than
+    running it; these take their values as execution parameters instead.
+    """
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statements: dict[str, Any] = {
+        "claim_token": insert(webhook_tokens)
+        .on_conflict_do_nothing(index_elements=["token"])
+        .returning(webhook_tokens.c.token),
+        "token_fingerprint": select(webhook_tokens.c.fingerprint).where(
+            webhook_tokens.c.token == bindparam("token")
+        ),
+        "insert_event": webhook_events.insert().returning(webhook_events.c.id),
+        "insert_audit": insert(email_events)
+        .on_conflict_do_nothing(index_elements=["subject_type", "subject_id", "mailgun_event_id"])
+        .returning(email_events.c.id),
+    }
+    for subject in subjects:
+        values: dict[str, Any] = {subject.status.key: bindparam("status_value")}
+        if subject.status_updated_at is not None:
+            values[subject.status_updated_at.key] = bindparam("updated_at_value")
+        statements[f"set_status_{subject.kind}"] = (
+            update(subject.table).where(subject.id == bindparam("subject_id_value")).values(values)
+        )
+        statements[f"lock_{subject.kind}"] = (
+            select(subject.id, subject.status)
+            .where(normalised_message_id(subject.message_id) == bindparam("message_id"))
+            .order_by(subject.id)
+            .with_for_update()
+        )
+    return statements
 
 
 def as_utc(value: datetime | None) -> datetime | None:
@@ -68,26 +118,23 @@ def claim_token(
     transaction inserting the same token waits until the first one commits or
     rolls back, then finds its row or takes the token itself.
     """
-    statement = (
-        _insert(session, webhook_tokens)
-        .values(token=token, fingerprint=fingerprint, signed_at=signed_at, received_at=now)
-        .on_conflict_do_nothing(index_elements=["token"])
-        .returning(webhook_tokens.c.token)
-    )
-    if session.execute(statement).first() is not None:
+    statements = _hot_statements(_dialect(session))
+    values = {
+        "token": token,
+        "fingerprint": fingerprint,
+        "signed_at": signed_at,
+        "received_at": now,
+    }
+    if session.execute(statements["claim_token"], values).first() is not None:
         return TokenClaim.NEW
-    stored = session.scalar(
-        select(webhook_tokens.c.fingerprint).where(webhook_tokens.c.token == token)
-    )
+    stored = session.scalar(statements["token_fingerprint"], {"token": token})
     return TokenClaim.SAME_EVENT if stored == fingerprint else TokenClaim.OTHER_EVENT
 
 
 def insert_webhook_event(session: Session, **values: Any) -> int:
     """Insert a received post and return its id."""
-    result = session.execute(
-        webhook_events.insert().values(**values).returning(webhook_events.c.id)
-    )
-    return int(result.scalar_one())
+    statement = _hot_statements(_dialect(session))["insert_event"]
+    return int(session.execute(statement, values).scalar_one())
 
 
 def set_webhook_event_outcome(
@@ -107,39 +154,39 @@ def lock_subjects(session: Session, message_id: str) -> list[SubjectRow]:
     transactions touching the same rows cannot deadlock. SQLite takes the write
     lock for the whole database at BEGIN IMMEDIATE instead.
     """
+    statements = _hot_statements(_dialect(session))
     rows = []
-    for subject_type, table in SUBJECT_TABLES.items():
-        statement = (
-            select(table.c.id, table.c.email_status)
-            .where(normalised_message_id(table.c.email_message_id) == message_id)
-            .order_by(table.c.id)
-            .with_for_update()
-        )
-        for subject_id, status in session.execute(statement):
-            rows.append(SubjectRow(subject_type, subject_id, status))
+    for subject_type in SUBJECT_TABLES:
+        result = session.execute(statements[f"lock_{subject_type}"], {"message_id": message_id})
+        for key, status in result:
+            rows.append(SubjectRow(subject_type, str(key), status, key=key))
     return rows
 
 
 def insert_audit_event(session: Session, **values: Any) -> bool:
     """Append an audit event; return False if this subject already has this Mailgun event."""
-    statement = (
-        _insert(session, email_events)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=["subject_type", "subject_id", "mailgun_event_id"])
-        .returning(email_events.c.id)
-    )
-    return (session.execute(statement)).first() is not None
+    statement = _hot_statements(_dialect(session))["insert_audit"]
+    return session.execute(statement, values).first() is not None
 
 
-def set_subject_status(
-    session: Session, subject_type: str, subject_id: str, status: str, now: datetime
-) -> None:
-    table = SUBJECT_TABLES[subject_type]
-    session.execute(
-        update(table)
-        .where(table.c.id == subject_id)
-        .values(email_status=status, email_status_updated_at=now)
-    )
+def set_subject_status(session: Session, subject: SubjectRow, status: str, now: datetime) -> None:
+    statement = _hot_statements(_dialect(session))[f"set_status_{subject.subject_type}"]
+    values = {"subject_id_value": subject.key, "status_value": status, "updated_at_value": now}
+    session.execute(statement, values)
+
+
+def parse_subject_id(subject_type: str, text: str) -> Any:
+    """Convert an id typed by a user to the type of the subject table's id column."""
+    python_type = SUBJECT_TABLES[subject_type].id.type.python_type
+    if python_type is str:
+        return text
+    try:
+        return python_type(text)
+    except ValueError:
+        raise ValueError(
+            f"{subject_type} id {text!r} is not a valid {python_type.__name__}; "
+            "pass the id as stored in the table"
+        ) from None
 
 
 def upsert_subject(
@@ -151,19 +198,27 @@ def upsert_subject(
     now: datetime,
 ) -> None:
     """Create the row or set its message id and status."""
-    table = SUBJECT_TABLES[subject_type]
-    values = {
-        "email_message_id": message_id,
-        "email_status": status,
-        "email_status_updated_at": now,
-    }
-    statement = _insert(session, table).values(id=subject_id, **values)
-    session.execute(statement.on_conflict_do_update(index_elements=["id"], set_=values))
+    subject = SUBJECT_TABLES[subject_type]
+    values: dict[str, Any] = {subject.message_id.key: message_id, subject.status.key: status}
+    if subject.status_updated_at is not None:
+        values[subject.status_updated_at.key] = now
+    key = parse_subject_id(subject_type, subject_id)
+    existing = session.scalar(select(subject.id).where(subject.id == key))
+    if existing is None:
+        session.execute(subject.table.insert().values({subject.id.key: key, **values}))
+    else:
+        session.execute(update(subject.table).where(subject.id == key).values(values))
 
 
-def get_subject(session: Session, subject_type: str, subject_id: str) -> Any:
-    table = SUBJECT_TABLES[subject_type]
-    return session.execute(select(table).where(table.c.id == subject_id)).first()
+def get_subject(session: Session, subject_type: str, subject_id: str) -> SubjectRow | None:
+    subject = SUBJECT_TABLES[subject_type]
+    key = parse_subject_id(subject_type, subject_id)
+    row = session.execute(
+        select(subject.id, subject.status, subject.message_id).where(subject.id == key)
+    ).first()
+    if row is None:
+        return None
+    return SubjectRow(subject_type, str(row[0]), row[1], row[2], key=row[0])
 
 
 def unmatched_event_ids(session: Session, message_id: str) -> Sequence[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
@@ -17,6 +18,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    Uuid,
 )
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
@@ -57,23 +59,89 @@ def _compile_postgresql(element: normalised_message_id, compiler: Any, **kw: Any
     return f"btrim({compiler.process(element.clauses, **kw)}, {_strip_literal()})"
 
 
-def _subject_table(name: str) -> Table:
+@dataclass(frozen=True, eq=False)
+class SubjectTable:
+    """A table whose rows carry a Mailgun message id and an email status.
+
+    The columns are looked up by role, so the invoicing API's own tables can be
+    mapped with other table and column names.
+    """
+
+    kind: str
+    table: Table
+    id: Column[Any]
+    message_id: Column[Any]
+    status: Column[Any]
+    status_updated_at: Column[Any] | None
+    # False when the table belongs to another application: mgwebhook then never
+    # creates or alters it.
+    managed: bool = True
+
+
+_ID_TYPES: dict[str, TypeEngine[Any]] = {
+    "text": String(255),
+    "integer": BigInteger(),
+    "uuid": Uuid(as_uuid=False),
+}
+
+# The subject tables live apart from mgwebhook's own tables: they are created
+# only when mgwebhook manages them.
+subject_metadata = MetaData()
+
+
+def subject_table(
+    kind: str,
+    name: str,
+    *,
+    id_column: str = "id",
+    id_type: str = "text",
+    message_id_column: str = "email_message_id",
+    status_column: str = "email_status",
+    status_updated_at_column: str | None = "email_status_updated_at",
+    managed: bool = True,
+    target: MetaData | None = None,
+) -> SubjectTable:
+    """Describe a subject table; a managed one gets mgwebhook's column types and index."""
+    schema, _, table_name = name.rpartition(".")
+    columns: list[Column[Any]] = [
+        Column(id_column, _ID_TYPES[id_type], primary_key=True),
+        Column(message_id_column, Text),
+        Column(status_column, String(32)),
+    ]
+    if status_updated_at_column:
+        columns.append(Column(status_updated_at_column, Timestamp))
     table = Table(
-        name,
-        metadata,
-        Column("id", String(255), primary_key=True),
-        Column("email_message_id", Text),
-        Column("email_status", String(32)),
-        Column("email_status_updated_at", Timestamp),
+        table_name,
+        target if target is not None else subject_metadata,
+        *columns,
+        schema=schema or None,
     )
-    Index(f"ix_{name}_message_id", normalised_message_id(table.c.email_message_id))
-    return table
+    if managed:
+        Index(
+            f"ix_{table_name}_message_id",
+            normalised_message_id(table.c[message_id_column]),
+        )
+    return SubjectTable(
+        kind=kind,
+        table=table,
+        id=table.c[id_column],
+        message_id=table.c[message_id_column],
+        status=table.c[status_column],
+        status_updated_at=table.c[status_updated_at_column] if status_updated_at_column else None,
+        managed=managed,
+    )
 
 
-documents = _subject_table("documents")
-tenants = _subject_table("tenants")
+_default_document = subject_table("document", "documents")
+_default_tenant = subject_table("tenant", "tenants")
+documents = _default_document.table
+tenants = _default_tenant.table
 
-SUBJECT_TABLES = {"document": documents, "tenant": tenants}
+# The subject tables in use, by kind. `mgwebhook.db.subjects.configure_subjects`
+# replaces the entries when the configuration maps other tables.
+SUBJECT_TABLES: dict[str, SubjectTable] = {"document": _default_document, "tenant": _default_tenant}
+DEFAULT_SUBJECT_TABLES = dict(SUBJECT_TABLES)
+
 
 # Every authentic token, kept at least as long as its timestamp is accepted, so a
 # captured signature block cannot be attached to a forged body.

@@ -17,9 +17,20 @@ from mgwebhook.db.engine import (
     create_sqlite_thread_engine,
     session_factory,
 )
+from mgwebhook.db.subjects import configure_subjects
 from mgwebhook.errors import DatabaseUnavailable
+from mgwebhook.reconcile import reconcile_context
 from mgwebhook.server import handlers
-from mgwebhook.server.keys import CLOCK, ENGINE, SESSIONS, SETTINGS, SIGNING_KEYS, WRITER
+from mgwebhook.server.keys import (
+    CLOCK,
+    ENGINE,
+    METRICS,
+    SESSIONS,
+    SETTINGS,
+    SIGNING_KEYS,
+    WRITER,
+)
+from mgwebhook.server.monitoring import add_monitoring
 from mgwebhook.server.writer import BatchWriter, async_batch_runner, thread_batch_runner
 
 logger = logging.getLogger(__name__)
@@ -34,13 +45,16 @@ def create_app(
     engine: AsyncEngine | None = None,
     create_tables: bool | None = None,
     clock: Callable[[], float] | None = None,
+    reconcile: bool = True,
 ) -> web.Application:
     """Build the application.
 
     With no `engine`, one is created from the settings on startup and disposed on
     cleanup. `create_tables` defaults to True for SQLite, whose file the service
     owns, and False for PostgreSQL, where `mgwebhook db upgrade` creates them.
+    `reconcile` runs the periodic retry of unmatched events (see mgwebhook.reconcile).
     """
+    configure_subjects(settings.subjects)
     # aiohttp answers 413 itself once a body passes client_max_size.
     app = web.Application(client_max_size=settings.server.max_body_bytes)
     app[SETTINGS] = settings
@@ -50,7 +64,12 @@ def create_app(
     app.cleanup_ctx.append(_database_context(engine, create_tables))
     # Registered after the database so that on shutdown it drains first.
     app.cleanup_ctx.append(_writer_context)
+    if reconcile:
+        app.cleanup_ctx.append(reconcile_context)
     app.router.add_post(WEBHOOK_PATH, handlers.receive_webhook)
+    # Adds /healthz, /readyz and /metrics. A separate metrics port starts after the
+    # contexts above, so it stops before them.
+    add_monitoring(app)
     return app
 
 
@@ -94,6 +113,7 @@ async def _writer_context(app: web.Application) -> AsyncIterator[None]:
         queue_size=settings.queue_size,
         max_batch_size=settings.max_batch_size,
         writers=writers,
+        on_batch=app[METRICS].observe_batch,
     )
     writer.start()
     app[WRITER] = writer

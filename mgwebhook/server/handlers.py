@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -11,14 +12,17 @@ from aiohttp import hdrs, web
 
 from mgwebhook import payloads, signature
 from mgwebhook.errors import (
+    BodyTimeout,
     DatabaseUnavailable,
+    MalformedPayload,
     NotAuthentic,
     PayloadTooLarge,
     ServiceOverloaded,
     WebhookRejected,
 )
 from mgwebhook.ingest import IngestResult, Outcome, VerifiedWebhook
-from mgwebhook.server.keys import CLOCK, SETTINGS, SIGNING_KEYS, WRITER
+from mgwebhook.logs import recipient_for_log
+from mgwebhook.server.keys import CLOCK, METRICS, SETTINGS, SIGNING_KEYS, WRITER
 
 logger = logging.getLogger("mgwebhook.webhook")
 
@@ -35,6 +39,9 @@ class _Trace:
     event: str = "-"
     message_id: str = "-"
     outcome: str = "-"
+    # Mailgun event type and recipient, or None before an event is extracted.
+    event_type: str | None = None
+    recipient: str | None = None
 
 
 async def receive_webhook(request: web.Request) -> web.Response:
@@ -47,16 +54,30 @@ async def receive_webhook(request: web.Request) -> web.Response:
         logger.exception("webhook failed unexpectedly (token %s)", trace.token)
         trace.outcome = "internal-error"
         response = _unavailable("internal error; the request can be retried")
-    logger.info(
-        "webhook token=%s event=%s message_id=%s outcome=%s status=%d latency_ms=%.1f",
-        trace.token,
-        trace.event,
-        trace.message_id,
-        trace.outcome,
-        response.status,
-        (time.perf_counter() - started) * 1000,
+    latency_seconds = time.perf_counter() - started
+    _log_webhook(request.app, trace, response.status, latency_seconds)
+    request.app[METRICS].observe_webhook(
+        trace.outcome, response.status, trace.event_type, latency_seconds
     )
     return response
+
+
+def _log_webhook(app: web.Application, trace: _Trace, status: int, latency_seconds: float) -> None:
+    """Write the one INFO line of a webhook request; `extra=` carries its fields for JSON logs."""
+    fields: dict[str, object] = {
+        "token": trace.token,
+        "event": trace.event,
+        "message_id": trace.message_id,
+        "outcome": str(trace.outcome),
+        "status": status,
+        "latency_ms": round(latency_seconds * 1000, 1),
+    }
+    message = "webhook token=%s event=%s message_id=%s outcome=%s status=%d latency_ms=%.1f"
+    recipient = recipient_for_log(trace.recipient, app[SETTINGS].logging.log_recipients)
+    if recipient is not None:
+        fields["recipient"] = recipient
+        message += " recipient=%s"
+    logger.info(message, *fields.values(), extra=fields)
 
 
 async def _process(request: web.Request, trace: _Trace) -> web.Response:
@@ -68,7 +89,7 @@ async def _process(request: web.Request, trace: _Trace) -> web.Response:
             raise PayloadTooLarge(f"body of {request.content_length} bytes is over {limit} bytes")
         content_type = request.headers.get(hdrs.CONTENT_TYPE)
         payloads.media_type(content_type)
-        body = await _read_body(request, limit)
+        body = await _read_body(request, limit, settings.server.body_timeout_seconds)
 
         payload = payloads.parse_body(content_type, body)
         trace.token = payload.signature.token[:TOKEN_PREFIX_LENGTH]
@@ -105,18 +126,30 @@ async def _process(request: web.Request, trace: _Trace) -> web.Response:
     return _respond(result, trace)
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
+async def _read_body(request: web.Request, limit: int, timeout_seconds: float) -> bytes:
     try:
-        return await request.read()
+        async with asyncio.timeout(timeout_seconds):
+            return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(f"body is over {limit} bytes") from None
+    except TimeoutError:
+        raise BodyTimeout(f"body was not received within {timeout_seconds:g} s") from None
+    except web.RequestPayloadError:
+        raise MalformedPayload(
+            "body cannot be read: its chunked framing or Content-Encoding is invalid"
+        ) from None
+    except ConnectionResetError:
+        # The client is gone and gets no response, but the log line still records the request.
+        raise MalformedPayload("connection closed before the whole body arrived") from None
 
 
 def _respond(result: IngestResult, trace: _Trace) -> web.Response:
     trace.outcome = result.outcome
     if result.event is not None:
         trace.event = result.event.event
+        trace.event_type = result.event.event
         trace.message_id = result.event.message_id or "-"
+        trace.recipient = result.event.recipient
     if result.outcome is Outcome.UNPROCESSABLE:
         # 406 tells Mailgun not to retry; the raw payload is kept for inspection.
         return web.json_response({"ok": False, "error": result.detail}, status=406)

@@ -39,9 +39,17 @@ class BatchWriter:
     """Apply queued posts in batches with `writers` concurrent transactions."""
 
     def __init__(
-        self, run_batch: RunBatch, *, queue_size: int, max_batch_size: int, writers: int
+        self,
+        run_batch: RunBatch,
+        *,
+        queue_size: int,
+        max_batch_size: int,
+        writers: int,
+        on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self._run_batch = run_batch
+        # Called with the size of each batch before it runs (the batch-size metric).
+        self._on_batch = on_batch
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(queue_size)
         self._max_batch_size = max_batch_size
         self._writers = writers
@@ -97,6 +105,8 @@ class BatchWriter:
                     self._queue.task_done()
 
     async def _apply(self, batch: list[_Pending]) -> None:
+        if self._on_batch is not None:
+            self._on_batch(len(batch))
         results: list[BatchResult]
         try:
             results = await self._run_batch([p.webhook for p in batch], datetime.now(UTC))

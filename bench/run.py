@@ -105,8 +105,10 @@ def main() -> int:
         try:
             bodies = workdir / "bodies.jsonl"
             count = write_bodies(bodies, args.rows, BODIES_PER_SECOND * args.duration)
-            print(f"seeded {args.rows} documents, {args.stored_events} stored events; "
-                  f"wrote {count} signed bodies")
+            print(
+                f"seeded {args.rows} documents, {args.stored_events} stored events; "
+                f"wrote {count} signed bodies"
+            )
 
             server, memory = measure_mgwebhook(args, database_url, bodies)
             bare = None if args.skip_bare else measure_bare(args, bodies)
@@ -251,8 +253,14 @@ def wait_for_port(port: int, process: subprocess.Popen, seconds: float = 30) -> 
 def run_wrk(args: argparse.Namespace, port: int, bodies: Path) -> WrkResult:
     env = {**os.environ, "BENCH_BODIES": str(bodies), "BENCH_THREADS": str(args.threads)}
     command = [
-        "wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s", "--latency",
-        "-s", str(BENCH_DIR / "bodies.lua"), f"http://127.0.0.1:{port}{WEBHOOK_PATH}",
+        "wrk",
+        f"-t{args.threads}",
+        f"-c{args.connections}",
+        f"-d{args.duration}s",
+        "--latency",
+        "-s",
+        str(BENCH_DIR / "bodies.lua"),
+        f"http://127.0.0.1:{port}{WEBHOOK_PATH}",
     ]
     output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
     return parse_wrk(output, args.duration)
@@ -330,8 +338,9 @@ def measure_mgwebhook(args, database_url: str, bodies: Path) -> tuple[WrkResult,
 def measure_bare(args, bodies: Path) -> WrkResult:
     port = free_port()
     env = {**os.environ, "MAILGUN_WEBHOOK_SIGNING_KEY": SIGNING_KEY}
-    server = subprocess.Popen([sys.executable, str(BENCH_DIR / "bare_handler.py"), str(port)],
-                              env=env)
+    server = subprocess.Popen(
+        [sys.executable, str(BENCH_DIR / "bare_handler.py"), str(port)], env=env
+    )
     try:
         wait_for_port(port, server)
         return run_wrk(args, port, bodies)
@@ -342,18 +351,26 @@ def measure_bare(args, bodies: Path) -> WrkResult:
 
 def report(args, server: WrkResult, bare: WrkResult | None, memory: MemoryTrace) -> None:
     print()
-    print(f"database={args.database} rows={args.rows} stored_events={args.stored_events} "
-          f"connections={args.connections} duration={args.duration}s workers={args.workers}")
-    print(f"mgwebhook: {server.ok_per_second:.0f} events/s (200s), "
-          f"{server.non_2xx} non-2xx, p50 {server.p50_ms:.1f} ms, p99 {server.p99_ms:.1f} ms")
+    print(
+        f"database={args.database} rows={args.rows} stored_events={args.stored_events} "
+        f"connections={args.connections} duration={args.duration}s workers={args.workers}"
+    )
+    print(
+        f"mgwebhook: {server.ok_per_second:.0f} events/s (200s), "
+        f"{server.non_2xx} non-2xx, p50 {server.p50_ms:.1f} ms, p99 {server.p99_ms:.1f} ms"
+    )
     if bare is not None:
-        print(f"bare handler: {bare.ok_per_second:.0f} requests/s, p50 {bare.p50_ms:.1f} ms, "
-              f"p99 {bare.p99_ms:.1f} ms")
+        print(
+            f"bare handler: {bare.ok_per_second:.0f} requests/s, p50 {bare.p50_ms:.1f} ms, "
+            f"p99 {bare.p99_ms:.1f} ms"
+        )
         print(f"ratio to bare handler: {server.ok_per_second / bare.ok_per_second:.2f}")
     half = args.duration / 2
-    print(f"server RSS: peak {memory.peak_mb():.0f} MB, mean first half "
-          f"{memory.average_mb(0, half):.0f} MB, mean second half "
-          f"{memory.average_mb(half, args.duration + 1):.0f} MB")
+    print(
+        f"server RSS: peak {memory.peak_mb():.0f} MB, mean first half "
+        f"{memory.average_mb(0, half):.0f} MB, mean second half "
+        f"{memory.average_mb(half, args.duration + 1):.0f} MB"
+    )
 
 
 if __name__ == "__main__":

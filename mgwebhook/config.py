@@ -311,7 +311,9 @@ def _parse_subjects(table: Any, environ: Mapping[str, str], source: str) -> Subj
     managed: Any = table.get("managed", defaults.managed)
     variable = f"{ENV_PREFIX}SUBJECTS_MANAGED"
     if variable in environ:
-        managed = {"true": True, "false": False}.get(environ[variable].strip().lower(), environ[variable])
+        managed = {"true": True, "false": False}.get(
+            environ[variable].strip().lower(), environ[variable]
+        )
     if not isinstance(managed, bool):
         raise ConfigError(f"[subjects] managed must be true or false, not {managed!r}")
 

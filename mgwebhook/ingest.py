@@ -33,7 +33,7 @@ UNMATCHED_DETAIL = "no document or tenant has this message id yet"
 
 
 class Outcome(StrEnum):
-    """What became of a post; every value but RETRY is stored with the event."""
+    """Result of processing a post; every value but RETRY is stored with the event."""
 
     APPLIED = "applied"
     DUPLICATE = "duplicate"
@@ -177,7 +177,7 @@ async def reprocess_stored_event(
 ) -> IngestResult:
     """Apply a stored event again, skipping the signature and token checks passed on receipt.
 
-    Running it twice changes nothing the second time: the audit trail holds each
+    Running it twice changes nothing the second time: the audit trail contains each
     Mailgun event once per row, and the status only moves up.
     """
     return await session.run_sync(reprocess_stored_event_sync, webhook_event_id, now)
@@ -207,9 +207,7 @@ def reprocess_stored_event_sync(
             session, webhook_event_id, Outcome.UNMATCHED, UNMATCHED_DETAIL, now
         )
         return IngestResult(Outcome.UNMATCHED, UNMATCHED_DETAIL, event, webhook_event_id)
-    return _record(
-        session, event, classification, subjects, webhook_event_id, signed_at, now, None
-    )
+    return _record(session, event, classification, subjects, webhook_event_id, signed_at, now, None)
 
 
 def _classify(event: MailgunEvent) -> statuses.Classification | None:

@@ -35,7 +35,7 @@ MESSAGE_ID_STRIP = " \t\r\n<>"
 
 _SIGNATURE_FIELDS = ("timestamp", "token", "signature")
 # RFC 5322 limits a header line to 998 characters, so no real Message-Id is
-# longer. Longer values would also pass PostgreSQL's btree entry limit.
+# longer. Longer values could also exceed PostgreSQL's btree entry limit (2704 bytes).
 MAX_MESSAGE_ID_LENGTH = 998
 # Mailgun's event ids are about 22 characters; a longer one is stored as a hash
 # so that it fits the unique index of the audit trail.

@@ -209,7 +209,10 @@ async def test_db_current_reports_revision(database_url):
     await reset_database(database_url)
     env = cli_env(database_url)
     before = await invoke(["db", "current"], env)
-    assert before.output == "No mgwebhook schema yet (the code needs 0002); run: mgwebhook db upgrade\n"
+    assert (
+        before.output
+        == "No mgwebhook schema yet (the code needs 0002); run: mgwebhook db upgrade\n"
+    )
     assert (await invoke(["db", "upgrade"], env)).exit_code == 0
     after = await invoke(["db", "current"], env)
     assert after.output == "0002 (up to date)\n"

@@ -95,8 +95,10 @@ async def test_upgrade_leaves_api_tables_alone(api_database):
 
 async def test_check_names_missing_and_mistyped_columns(api_database):
     engine, config = api_database
-    broken = config.read_text().replace('"mail_state_at"', '"mailed_at"').replace(
-        'status_column = "verification_status"', 'status_column = "login_count"'
+    broken = (
+        config.read_text()
+        .replace('"mail_state_at"', '"mailed_at"')
+        .replace('status_column = "verification_status"', 'status_column = "login_count"')
     )
     config.write_text(broken)
     result = await invoke(["db", "check", "--config", str(config)])
@@ -127,9 +129,7 @@ async def test_webhook_updates_mapped_rows(api_database, aiohttp_client):
                 text("SELECT mail_state, mail_state_at, customer, amount FROM invoices")
             )
         ).one()
-        account = (
-            await connection.execute(text("SELECT verification_status FROM accounts"))
-        ).one()
+        account = (await connection.execute(text("SELECT verification_status FROM accounts"))).one()
         audit = (
             await connection.execute(
                 text(

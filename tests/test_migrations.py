@@ -25,7 +25,7 @@ async def test_empty_database_upgrades_to_head(database_url):
     try:
         assert await current_revision(engine) is None
         assert await schema_behind(engine) == (
-            f"the database has no mgwebhook schema; run: mgwebhook db upgrade (to {head_revision()})"
+            "the database has no mgwebhook schema; run: mgwebhook db upgrade (to 0002)"
         )
         await upgrade_schema(engine)
         assert await current_revision(engine) == head_revision() == "0002"
@@ -89,14 +89,16 @@ async def test_migrations_match_the_table_definitions(database_url):
     try:
         await upgrade_schema(engine)
 
+        # Subject tables and the version table are not part of mgwebhook's own metadata.
+        outside = {"documents", "tenants", VERSION_TABLE}
+
         def differences(connection):
             context = MigrationContext.configure(connection, opts={"compare_type": True})
             return [
                 diff
                 for diff in compare_metadata(context, metadata)
-                if not (diff[0] == "remove_table" and diff[1].name in ("documents", "tenants"))
-                and not (diff[0] == "remove_index" and diff[1].table.name in ("documents", "tenants"))
-                and not (diff[0] == "remove_table" and diff[1].name == VERSION_TABLE)
+                if not (diff[0] == "remove_table" and diff[1].name in outside)
+                and not (diff[0] == "remove_index" and diff[1].table.name in outside)
             ]
 
         async with engine.connect() as connection:

@@ -9,7 +9,7 @@ import typer
 from sqlalchemy.engine import make_url
 
 from mgwebhook.cli.common import ConfigOption, fail, settings_from
-from mgwebhook.config import Settings, load_signing_keys
+from mgwebhook.config import load_signing_keys
 from mgwebhook.errors import ConfigError
 from mgwebhook.logs import configure_logging as configure_log_output
 from mgwebhook.server.app import WEBHOOK_PATH

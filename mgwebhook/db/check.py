@@ -59,9 +59,7 @@ def _table_problems(
         ("status", subject.status, _TEXT, "text"),
     ]
     if subject.status_updated_at is not None:
-        roles.append(
-            ("status timestamp", subject.status_updated_at, timestamps, "timestamp")
-        )
+        roles.append(("status timestamp", subject.status_updated_at, timestamps, "timestamp"))
 
     problems = []
     for role, column, accepted, expected in roles:

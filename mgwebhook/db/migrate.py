@@ -69,4 +69,7 @@ async def schema_behind(engine: AsyncEngine) -> str | None:
         return None
     if revision is None:
         return f"the database has no mgwebhook schema; run: mgwebhook db upgrade (to {head})"
-    return f"the database schema is at revision {revision} and this code needs {head}; run: mgwebhook db upgrade"
+    return (
+        f"the database schema is at revision {revision} and this code needs {head}; "
+        "run: mgwebhook db upgrade"
+    )

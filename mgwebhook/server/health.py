@@ -14,8 +14,8 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mgwebhook.db.probe import read_within
 from mgwebhook.db.migrate import VERSION_TABLE, head_revision
+from mgwebhook.db.probe import read_within
 from mgwebhook.db.schema import SUBJECT_TABLES, metadata
 from mgwebhook.errors import DatabaseUnavailable
 from mgwebhook.server.keys import ENGINE

@@ -7,6 +7,8 @@ import json
 import logging
 from datetime import UTC, datetime
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 from mgwebhook.config import LOG_FORMATS
 from mgwebhook.errors import ConfigError
 
@@ -64,7 +66,27 @@ def configure_logging(level: str, log_format: str) -> None:
         raise ConfigError(f"log level {level!r} is invalid; use DEBUG, INFO, WARNING or ERROR")
     handler = logging.StreamHandler()
     handler.setFormatter(make_formatter(log_format))
+    handler.addFilter(_quiet_bad_requests)
     logging.basicConfig(level=numeric, handlers=[handler], force=True)
+    # At DEBUG, aiosqlite logs every statement with its parameters, which would
+    # put raw payloads and recipients in the log whatever log_recipients says.
+    logging.getLogger("aiosqlite").setLevel(max(numeric, logging.INFO))
+
+
+def _quiet_bad_requests(record: logging.LogRecord) -> bool:
+    """Log a client's malformed HTTP message as one warning line instead of a traceback.
+
+    aiohttp's server logs these at ERROR with a traceback, so any client could
+    fill the log; the request was already answered 400 or its connection closed.
+    """
+    if record.name != "aiohttp.server" or not record.exc_info:
+        return True
+    error = record.exc_info[1]
+    if isinstance(error, HttpProcessingError):
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg, record.args = "malformed HTTP request: %s", (error,)
+        record.exc_info, record.exc_text = None, None
+    return True
 
 
 def hash_recipient(recipient: str) -> str:

@@ -40,6 +40,7 @@ MAX_MESSAGE_ID_LENGTH = 998
 # Mailgun's event ids are about 22 characters; a longer one is stored as a hash
 # so that it fits the unique index of the audit trail.
 MAX_EVENT_ID_LENGTH = 200
+MAX_SIGNATURE_FIELD_LENGTH = 512
 # PostgreSQL text cannot hold NUL, and no database driver can encode a lone
 # surrogate (a JSON escape such as "\ud800" decodes to one), so both are
 # replaced with U+FFFD the same way on every database.
@@ -226,6 +227,13 @@ def _signature_block(fields: dict[str, Any], prefix: str) -> SignatureBlock:
         # surrogate), stored (NUL on PostgreSQL) or logged safely (a line break).
         if not _is_printable_ascii(value):
             raise MalformedPayload(f"'{prefix}{name}' is invalid: it must be printable ASCII")
+        # Mailgun's tokens are 50 characters; a far longer one would pass
+        # PostgreSQL's btree entry limit as the token table's primary key.
+        if len(value) > MAX_SIGNATURE_FIELD_LENGTH:
+            raise MalformedPayload(
+                f"'{prefix}{name}' is {len(value)} characters long; "
+                f"the limit is {MAX_SIGNATURE_FIELD_LENGTH}"
+            )
         values[name] = value
     parent = fields.get("parent-signature")
     # A parent signature that is not printable ASCII cannot match, so it is dropped.

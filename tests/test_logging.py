@@ -256,3 +256,28 @@ def test_serve_writes_json_lines(tmp_path: Path):
     assert webhook["recipient"] == RECIPIENT_HASH
     assert RECIPIENT not in output
     assert SIGNING_KEY.decode() not in output
+
+
+def test_malformed_request_traceback_becomes_one_warning():
+    from aiohttp.http_exceptions import BadHttpMessage
+
+    from mgwebhook.logs import _quiet_bad_requests
+
+    try:
+        raise BadHttpMessage("Invalid method encountered")
+    except BadHttpMessage:
+        record = logging.LogRecord(
+            "aiohttp.server",
+            logging.ERROR,
+            __file__,
+            1,
+            "Error handling request",
+            (),
+            sys.exc_info(),
+        )
+    assert _quiet_bad_requests(record) is True
+    assert record.levelname == "WARNING"
+    assert record.exc_info is None
+    assert (
+        record.getMessage() == "malformed HTTP request: 400, message:\n  Invalid method encountered"
+    )

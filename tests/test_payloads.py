@@ -165,3 +165,10 @@ def test_stored_json_round_trip():
     restored = parse_stored(original.format, original.raw_text)
     assert restored.fingerprint == original.fingerprint
     assert extract_event(restored) == extract_event(original)
+
+
+def test_overlong_token_is_malformed():
+    body = json.dumps({"signature": {**SIGNATURE, "token": "a" * 513}}).encode()
+    with pytest.raises(MalformedPayload) as error:
+        parse_body("application/json", body)
+    assert str(error.value) == "'signature.token' is 513 characters long; the limit is 512"

@@ -90,6 +90,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--duration", type=int, default=30, help="seconds per wrk run")
     parser.add_argument("--workers", type=int, default=1, help="mgwebhook serve --workers")
     parser.add_argument("--skip-bare", action="store_true", help="do not measure the baseline")
+    parser.add_argument(
+        "--skip-load", action="store_true", help="only seed and time `events list`, no wrk runs"
+    )
     return parser.parse_args()
 
 
@@ -110,6 +113,10 @@ def main() -> int:
                 f"wrote {count} signed bodies"
             )
 
+            list_seconds = time_events_list(database_url)
+            print(f"`mgwebhook events list` (first page, whole process): {list_seconds:.2f} s")
+            if args.skip_load:
+                return 0
             server, memory = measure_mgwebhook(args, database_url, bodies)
             bare = None if args.skip_bare else measure_bare(args, bodies)
             report(args, server, bare, memory)
@@ -333,6 +340,19 @@ def measure_mgwebhook(args, database_url: str, bodies: Path) -> tuple[WrkResult,
         server.terminate()
         server.wait(timeout=60)
     return result, trace
+
+
+def time_events_list(database_url: str) -> float:
+    """Run `mgwebhook events list` as a whole process and return its wall time in seconds."""
+    env = {**os.environ, "MGWEBHOOK_DATABASE_URL": database_url, "COLUMNS": "200"}
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "mgwebhook", "events", "list", "--limit", "50"],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return time.perf_counter() - started
 
 
 def measure_bare(args, bodies: Path) -> WrkResult:

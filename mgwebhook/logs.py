@@ -7,8 +7,6 @@ import json
 import logging
 from datetime import UTC, datetime
 
-from aiohttp.http_exceptions import HttpProcessingError
-
 from mgwebhook.config import LOG_FORMATS
 from mgwebhook.errors import ConfigError
 
@@ -81,6 +79,9 @@ def _quiet_bad_requests(record: logging.LogRecord) -> bool:
     """
     if record.name != "aiohttp.server" or not record.exc_info:
         return True
+    # Imported here because most commands never start a server.
+    from aiohttp.http_exceptions import HttpProcessingError
+
     error = record.exc_info[1]
     if isinstance(error, HttpProcessingError):
         record.levelno, record.levelname = logging.WARNING, "WARNING"

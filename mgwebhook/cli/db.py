@@ -7,9 +7,7 @@ from sqlalchemy.engine import make_url
 
 from mgwebhook.cli import render
 from mgwebhook.cli.common import ConfigOption, fail, run, settings_from
-from mgwebhook.db.check import check_subject_tables
 from mgwebhook.db.engine import create_engine, create_schema
-from mgwebhook.db.migrate import current_revision, head_revision
 
 app = typer.Typer(help="Manage the database schema.", no_args_is_help=True)
 
@@ -34,6 +32,8 @@ def upgrade(config: ConfigOption = None) -> None:
 @app.command("current")
 def current(config: ConfigOption = None) -> None:
     """Print the schema revision of the configured database and the code's revision."""
+    from mgwebhook.db.migrate import current_revision, head_revision
+
     settings = settings_from(config)
 
     async def read() -> str | None:
@@ -56,6 +56,8 @@ def current(config: ConfigOption = None) -> None:
 @app.command("check")
 def check(config: ConfigOption = None) -> None:
     """Check that the documents and tenants tables have the configured columns."""
+    from mgwebhook.db.check import check_subject_tables
+
     settings = settings_from(config)
 
     async def inspect() -> list[str]:

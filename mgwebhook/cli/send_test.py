@@ -15,7 +15,7 @@ from mgwebhook.cli import render
 from mgwebhook.cli.common import ConfigOption, fail, settings_from
 from mgwebhook.config import Settings, load_signing_keys
 from mgwebhook.errors import ConfigError
-from mgwebhook.server.app import WEBHOOK_PATH
+from mgwebhook.server import WEBHOOK_PATH
 
 REQUEST_TIMEOUT_SECONDS = 10.0
 

@@ -12,9 +12,7 @@ from mgwebhook.cli.common import ConfigOption, fail, settings_from
 from mgwebhook.config import load_signing_keys
 from mgwebhook.errors import ConfigError
 from mgwebhook.logs import configure_logging as configure_log_output
-from mgwebhook.server.app import WEBHOOK_PATH
-from mgwebhook.server.startup import schema_problem
-from mgwebhook.server.workers import run_server, run_workers
+from mgwebhook.server import WEBHOOK_PATH
 
 logger = logging.getLogger("mgwebhook")
 
@@ -58,6 +56,10 @@ def serve(
     config: ConfigOption = None,
 ) -> None:
     """Run the webhook endpoint at POST /v1/mailgun/webhook."""
+    # Imported here so that other commands do not load the server.
+    from mgwebhook.server.startup import schema_problem
+    from mgwebhook.server.workers import run_server, run_workers
+
     overrides = {
         "server.host": host,
         "server.port": port,

@@ -20,7 +20,7 @@ from mgwebhook.db.engine import (
 from mgwebhook.db.subjects import configure_subjects
 from mgwebhook.errors import DatabaseUnavailable
 from mgwebhook.reconcile import reconcile_context
-from mgwebhook.server import handlers
+from mgwebhook.server import WEBHOOK_PATH, handlers
 from mgwebhook.server.keys import (
     CLOCK,
     ENGINE,
@@ -34,8 +34,6 @@ from mgwebhook.server.monitoring import add_monitoring
 from mgwebhook.server.writer import BatchWriter, async_batch_runner, thread_batch_runner
 
 logger = logging.getLogger(__name__)
-
-WEBHOOK_PATH = "/v1/mailgun/webhook"
 
 
 def create_app(

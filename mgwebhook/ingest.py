@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from mgwebhook import statuses
 from mgwebhook.db import repository
-from mgwebhook.db.errors import describe
+from mgwebhook.db.errors import DATABASE_ERRORS, describe
 from mgwebhook.db.repository import TokenClaim
 from mgwebhook.errors import DatabaseUnavailable, MalformedPayload, TokenReplayed, UnusableEvent
 from mgwebhook.payloads import MailgunEvent, Payload, extract_event, parse_stored
@@ -81,24 +81,38 @@ async def ingest(session: AsyncSession, webhook: VerifiedWebhook, now: datetime)
 def ingest_batch(
     session: Session, webhooks: list[VerifiedWebhook], now: datetime
 ) -> list[IngestResult | TokenReplayed | DatabaseUnavailable]:
-    """Ingest several posts in the caller's transaction.
+    """Ingest several posts in the caller's transaction; return one result per post, in order.
 
-    The batch first runs inside one savepoint. If a post fails in the database,
-    that savepoint is rolled back and the batch runs again with a savepoint per
-    post, so only the failing post is lost and its neighbours still commit.
-    Errors that break the whole transaction, such as a lost connection,
-    propagate and fail the batch.
+    The posts are applied in message id order, so that concurrent batches on
+    PostgreSQL lock shared rows in the same order. The batch first runs inside
+    one savepoint. If a post fails, that savepoint is rolled back and the batch
+    runs again with a savepoint per post, so only the failing post gets an
+    error and its neighbours still commit. Errors that break the whole
+    transaction, such as a lost connection, propagate and fail the batch.
     """
+    order = sorted(range(len(webhooks)), key=lambda index: _lock_order_key(webhooks[index]))
+    results: list[IngestResult | TokenReplayed | DatabaseUnavailable] = [
+        DatabaseUnavailable("not processed")
+    ] * len(webhooks)
     savepoint = session.begin_nested()
-    results: list[IngestResult | TokenReplayed | DatabaseUnavailable] = []
     try:
-        results.extend(_ingest_or_reject(session, webhook, now) for webhook in webhooks)
-    except SQLAlchemyError:
+        for index in order:
+            results[index] = _ingest_or_reject(session, webhooks[index], now)
+    except Exception:  # noqa: BLE001 - any failure is retried post by post below
         savepoint.rollback()
     else:
         savepoint.commit()
         return results
-    return [_ingest_isolated(session, webhook, now) for webhook in webhooks]
+    for index in order:
+        results[index] = _ingest_isolated(session, webhooks[index], now)
+    return results
+
+
+def _lock_order_key(webhook: VerifiedWebhook) -> str:
+    try:
+        return extract_event(webhook.payload).message_id or ""
+    except UnusableEvent:
+        return ""
 
 
 def _ingest_or_reject(
@@ -121,6 +135,15 @@ def _ingest_isolated(
         savepoint.rollback()
         logger.error("event with token %s failed: %s", webhook.token[:8], describe(error))
         return DatabaseUnavailable(describe(error))
+    except DATABASE_ERRORS:
+        # A lost connection fails the whole batch; the caller answers 503 for every post.
+        raise
+    except Exception as error:
+        # A defect must not fail the other posts of the batch; this post gets 503
+        # and Mailgun retries it.
+        savepoint.rollback()
+        logger.exception("event with token %s failed unexpectedly", webhook.token[:8])
+        return DatabaseUnavailable(f"{type(error).__name__} while applying the event")
     savepoint.commit()
     return result
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -10,9 +12,12 @@ from sqlalchemy import inspect, text
 from typer.testing import CliRunner
 
 from mgwebhook.cli.app import app
-from mgwebhook.config import load_settings
-from mgwebhook.db.engine import create_engine
+from mgwebhook.config import SubjectMapping, SubjectSettings, load_settings
+from mgwebhook.db.engine import create_engine, session_factory
+from mgwebhook.db.migrate import upgrade_schema
 from mgwebhook.db.subjects import configure_subjects
+from mgwebhook.ingest import VerifiedWebhook, ingest_batch
+from mgwebhook.payloads import parse_body
 from mgwebhook.server.app import create_app
 from tests.conftest import SIGNING_KEY, reset_database
 from tests.helpers import fixture, post_json, signed
@@ -168,3 +173,86 @@ def test_one_column_for_two_roles_is_rejected(tmp_path):
         "Error: [subjects.tenant] in " + str(config) + " uses column 'account_id' for more than "
         "one role; map id, message id, status and status timestamp to distinct columns\n"
     )
+
+
+UUID_DOCUMENT = "320c48de-0d9d-4e45-91b0-c90b9f54e927"
+
+
+@pytest.fixture
+async def mixed_id_types(database_url: str):
+    """Documents keyed by UUID and tenants keyed by text, on one message id."""
+    await reset_database(database_url)
+    engine = create_engine(database_url)
+    uuid_type = "UUID" if engine.dialect.name == "postgresql" else "VARCHAR(36)"
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(f"CREATE TABLE docs (id {uuid_type} PRIMARY KEY, msg TEXT, state TEXT)")
+        )
+        await connection.execute(
+            text("CREATE TABLE tens (id TEXT PRIMARY KEY, msg TEXT, state TEXT)")
+        )
+        await connection.execute(
+            text(f"INSERT INTO docs VALUES ('{UUID_DOCUMENT}', '<shared@mg>', 'SENT')")
+        )
+        await connection.execute(text("INSERT INTO tens VALUES ('T-1', '<shared@mg>', 'SENT')"))
+    settings = SubjectSettings(
+        managed=False,
+        document=SubjectMapping(
+            "docs",
+            id_type="uuid",
+            message_id_column="msg",
+            status_column="state",
+            status_updated_at_column="",
+        ),
+        tenant=SubjectMapping(
+            "tens", message_id_column="msg", status_column="state", status_updated_at_column=""
+        ),
+    )
+    configure_subjects(settings)
+    await upgrade_schema(engine)
+    yield engine
+    await engine.dispose()
+    configure_subjects(SubjectSettings())
+
+
+def verified(data: dict) -> VerifiedWebhook:
+    body = json.dumps(signed(data)).encode()
+    return VerifiedWebhook(parse_body("application/json", body), datetime.now(UTC))
+
+
+async def test_mixed_id_types_keep_their_own_ids(mixed_id_types):
+    engine = mixed_id_types
+    data = fixture("delivered")
+    data["message"]["headers"]["message-id"] = "shared@mg"
+    async with session_factory(engine)() as session, session.begin():
+        results = await session.run_sync(ingest_batch, [verified(data)], datetime.now(UTC))
+    assert [r.outcome for r in results] == ["applied"]
+    async with engine.connect() as connection:
+        audit = (
+            await connection.execute(
+                text("SELECT subject_type, subject_id FROM email_events ORDER BY subject_type")
+            )
+        ).all()
+    assert [tuple(row) for row in audit] == [("document", UUID_DOCUMENT), ("tenant", "T-1")]
+
+
+async def test_bad_row_fails_only_its_own_post(mixed_id_types, database_url):
+    if not database_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's uuid type rejects the malformed id on insert")
+    engine = mixed_id_types
+    # SQLite stores any text; reading this id as a UUID raises ValueError.
+    async with engine.begin() as connection:
+        await connection.execute(text("INSERT INTO docs VALUES ('not-a-uuid', '<bad@mg>', 'SENT')"))
+    bad, good = fixture("delivered"), fixture("complained")
+    bad["message"]["headers"]["message-id"] = "bad@mg"
+    good["message"]["headers"]["message-id"] = "shared@mg"
+    async with session_factory(engine)() as session, session.begin():
+        results = await session.run_sync(
+            ingest_batch, [verified(bad), verified(good)], datetime.now(UTC)
+        )
+    assert type(results[0]).__name__ == "DatabaseUnavailable"
+    assert str(results[0]) == "ValueError while applying the event"
+    assert results[1].outcome == "applied"
+    async with engine.connect() as connection:
+        states = (await connection.execute(text("SELECT state FROM tens"))).scalars().all()
+    assert states == ["COMPLAINED"]

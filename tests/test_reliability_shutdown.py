@@ -47,7 +47,8 @@ WAITING_POSTS = 5
 async def connection_refused(port: int) -> bool:
     try:
         _, writer = await asyncio.open_connection(HOST, port)
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
+        # A reset comes from a connection caught while the listening socket closes.
         return True
     writer.close()
     return False

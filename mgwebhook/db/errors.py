@@ -23,7 +23,8 @@ def _asyncpg_errors() -> tuple[type[BaseException], ...]:
     return (asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
-_ALL_ERRORS = _DATABASE_ERRORS + _asyncpg_errors()
+# Every error that means the database failed or could not be reached.
+DATABASE_ERRORS = _DATABASE_ERRORS + _asyncpg_errors()
 
 
 @asynccontextmanager
@@ -31,7 +32,7 @@ async def translate_errors() -> AsyncIterator[None]:
     """Raise DatabaseUnavailable from any database or connection error in the block."""
     try:
         yield
-    except _ALL_ERRORS as error:
+    except DATABASE_ERRORS as error:
         raise DatabaseUnavailable(describe(error)) from error
 
 

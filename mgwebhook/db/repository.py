@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import Table, bindparam, func, literal, select, union_all, update
+from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -95,16 +95,6 @@ def _build_hot_statements(dialect: str, subjects: tuple[SubjectTable, ...]) -> d
             .order_by(subject.id)
             .with_for_update()
         )
-    if dialect == "sqlite":
-        # SQLite has no row locks to take in order, so one UNION ALL saves a
-        # statement per event. PostgreSQL does not allow FOR UPDATE with UNION.
-        statements["lock_all"] = union_all(
-            *(
-                select(literal(subject.kind).label("kind"), subject.id, subject.status)
-                .where(normalised_message_id(subject.message_id) == bindparam("message_id"))
-                for subject in subjects
-            )
-        )
     return statements
 
 
@@ -160,14 +150,12 @@ def set_webhook_event_outcome(
 def lock_subjects(session: Session, message_id: str) -> list[SubjectRow]:
     """Return the rows whose normalised message id matches, locked for update.
 
-    Rows are locked in a fixed order (documents, then tenants, by id) so that two
-    transactions touching the same rows cannot deadlock. SQLite takes the write
-    lock for the whole database at BEGIN IMMEDIATE instead.
+    Rows are locked in a fixed order (documents, then tenants, by id), and
+    `ingest.ingest_batch` applies a batch in message id order, so two batches on
+    PostgreSQL take the locks of shared rows in the same order. SQLite takes the
+    write lock for the whole database at BEGIN IMMEDIATE instead.
     """
     statements = _hot_statements(_dialect(session))
-    if "lock_all" in statements:
-        result = session.execute(statements["lock_all"], {"message_id": message_id})
-        return [SubjectRow(kind, str(key), status, key=key) for kind, key, status in result]
     rows = []
     for subject_type in SUBJECT_TABLES:
         result = session.execute(statements[f"lock_{subject_type}"], {"message_id": message_id})

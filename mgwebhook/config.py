@@ -35,7 +35,7 @@ SIGNING_KEY_HELP = (
 class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8080
-    # Bodies larger than this are answered 413 without being read in full.
+    # Bodies larger than this get 413 without being read in full.
     max_body_bytes: int = 16 * 1024 * 1024
     # TCP port for GET /metrics alone, on the same host. 0 serves /metrics on `port`.
     metrics_port: int = 0
@@ -66,12 +66,12 @@ class WebhookSettings:
 
 @dataclass(frozen=True)
 class IngestSettings:
-    # Verified posts waiting for a writer; when full, requests are answered 503.
+    # Verified posts waiting for a writer. When the queue is full, requests get 503.
     queue_size: int = 1000
     # Posts applied in one transaction at most.
     max_batch_size: int = 200
     # Concurrent writer transactions on PostgreSQL. SQLite has one writer at a
-    # time whatever this says.
+    # time, whatever the value.
     writers: int = 4
 
 
@@ -98,7 +98,7 @@ class ReconcileSettings:
 
 @dataclass(frozen=True)
 class SubjectMapping:
-    """Where one kind of subject row lives: its table and the columns by role."""
+    """Location of one kind of subject row: its table and its columns by role."""
 
     table: str
     id_column: str = "id"

@@ -67,7 +67,7 @@ def configure_logging(level: str, log_format: str) -> None:
     handler.addFilter(_quiet_bad_requests)
     logging.basicConfig(level=numeric, handlers=[handler], force=True)
     # At DEBUG, aiosqlite logs every statement with its parameters, which would
-    # put raw payloads and recipients in the log whatever log_recipients says.
+    # put raw payloads and recipients in the log whatever log_recipients is set to.
     logging.getLogger("aiosqlite").setLevel(max(numeric, logging.INFO))
 
 
@@ -75,7 +75,7 @@ def _quiet_bad_requests(record: logging.LogRecord) -> bool:
     """Log a client's malformed HTTP message as one warning line instead of a traceback.
 
     aiohttp's server logs these at ERROR with a traceback, so any client could
-    fill the log; the request was already answered 400 or its connection closed.
+    fill the log; the request already got 400 or its connection was closed.
     """
     if record.name != "aiohttp.server" or not record.exc_info:
         return True

@@ -37,7 +37,7 @@ _SIGNATURE_FIELDS = ("timestamp", "token", "signature")
 # RFC 5322 limits a header line to 998 characters, so no real Message-Id is
 # longer. Longer values could also exceed PostgreSQL's btree entry limit (2704 bytes).
 MAX_MESSAGE_ID_LENGTH = 998
-# Mailgun's event ids are about 22 characters; a longer one is stored as a hash
+# Mailgun's event ids are about 22 characters. A longer one is stored as a hash,
 # so that it fits the unique index of the audit trail.
 MAX_EVENT_ID_LENGTH = 200
 MAX_SIGNATURE_FIELD_LENGTH = 512
@@ -95,9 +95,9 @@ def media_type(content_type: str | None) -> Literal["json", "urlencoded", "multi
         return "urlencoded"
     if essence == "multipart/form-data":
         return "multipart"
-    shown = essence or "none"
+    announced = essence or "none"
     raise UnsupportedMediaType(
-        f"content type {shown!r} is not supported; send application/json, "
+        f"content type {announced!r} is not supported; send application/json, "
         "application/x-www-form-urlencoded or multipart/form-data"
     )
 

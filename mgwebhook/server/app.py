@@ -53,7 +53,7 @@ def create_app(
     `reconcile` runs the periodic retry of unmatched events (see mgwebhook.reconcile).
     """
     configure_subjects(settings.subjects)
-    # aiohttp answers 413 itself once a body passes client_max_size.
+    # aiohttp raises 413 itself once a body exceeds client_max_size.
     app = web.Application(client_max_size=settings.server.max_body_bytes)
     app[SETTINGS] = settings
     app[SIGNING_KEYS] = list(signing_keys)
@@ -79,8 +79,8 @@ def _database_context(
         current = engine or create_engine(app[SETTINGS].database.url)
         app[ENGINE] = current
         app[SESSIONS] = session_factory(current)
-        wanted = create_tables if create_tables is not None else current.dialect.name == "sqlite"
-        if wanted:
+        create = create_tables if create_tables is not None else current.dialect.name == "sqlite"
+        if create:
             try:
                 await create_schema(current)
             except DatabaseUnavailable as error:

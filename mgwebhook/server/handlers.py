@@ -26,7 +26,7 @@ from mgwebhook.server.keys import CLOCK, METRICS, SETTINGS, SIGNING_KEYS, WRITER
 
 logger = logging.getLogger("mgwebhook.webhook")
 
-# Mailgun retries anything but 200 and 406 for about 8 hours, whatever this says.
+# Mailgun retries anything but 200 and 406 for about 8 hours, whatever this header says.
 RETRY_AFTER_SECONDS = 30
 TOKEN_PREFIX_LENGTH = 8
 

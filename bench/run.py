@@ -279,7 +279,8 @@ def parse_wrk(output: str, seconds: int) -> WrkResult:
         if match is None:
             raise ValueError(f"wrk output has no {label}% latency:\n{output}")
         value, unit = float(match.group(1)), match.group(2)
-        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+        scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+        return value * scale
 
     requests = int(re.search(r"(\d+) requests in", output).group(1))
     elapsed = re.search(r"requests in ([\d.]+)(ms|s|m)", output)

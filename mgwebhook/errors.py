@@ -95,7 +95,7 @@ class TokenReplayed(NotAuthentic):
 
 
 class UnusableEvent(MgwebhookError):
-    """Raised when an authentic post holds no event that can be processed.
+    """Raised when an authentic post contains no event that can be processed.
 
     Examples are a route forward, `event-data` that is not an object, or a tracked
     event without a message id.

@@ -136,7 +136,7 @@ def _ingest_isolated(
         logger.error("event with token %s failed: %s", webhook.token[:8], describe(error))
         return DatabaseUnavailable(describe(error))
     except DATABASE_ERRORS:
-        # A lost connection fails the whole batch; the caller answers 503 for every post.
+        # A lost connection fails the whole batch, and the caller returns 503 for every post.
         raise
     except Exception as error:
         # A defect must not fail the other posts of the batch; this post gets 503

@@ -75,7 +75,7 @@ def _quiet_bad_requests(record: logging.LogRecord) -> bool:
     """Log a client's malformed HTTP message as one warning line instead of a traceback.
 
     aiohttp's server logs these at ERROR with a traceback, so any client could
-    fill the log; the request already got 400 or its connection was closed.
+    fill the log. The request already got 400, or its connection was closed.
     """
     if record.name != "aiohttp.server" or not record.exc_info:
         return True

@@ -60,7 +60,7 @@ _PERMANENT_REASON = re.compile(r"bounce|suppress-.*")
 
 @dataclass(frozen=True)
 class Classification:
-    """How one tracked Mailgun event is recorded."""
+    """Audit type and severity recorded for one tracked Mailgun event."""
 
     audit_type: AuditType
     severity: Severity | None
@@ -101,8 +101,8 @@ def classify(
 def infer_severity(reason: str | None, delivery_code: int | None) -> Severity:
     """Classify a `failed` event that has no usable severity from its evidence.
 
-    A bounce, a suppression, or an SMTP code of 500 or more is permanent;
-    anything else may still be retried by Mailgun and counts as temporary.
+    A bounce, a suppression, or an SMTP code of 500 or more is permanent.
+    Anything else may still be retried by Mailgun, so it counts as temporary.
     """
     if reason is not None and _PERMANENT_REASON.fullmatch(reason):
         return Severity.PERMANENT

@@ -11,7 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from mgwebhook.errors import DatabaseUnavailable
 
 # asyncpg raises OSError subclasses and its own errors at connect time, and
-# TimeoutError when the server does not answer.
+# TimeoutError when the server does not respond.
 _DATABASE_ERRORS = (SQLAlchemyError, OSError, asyncio.TimeoutError, ConnectionError)
 
 

@@ -29,7 +29,7 @@ from mgwebhook.db.schema import (
 
 
 class TokenClaim(Enum):
-    """What storing a token found."""
+    """Result of storing a token: new, or already used by the same or another event."""
 
     NEW = "new"
     SAME_EVENT = "same-event"

@@ -26,7 +26,7 @@ from mgwebhook.server.keys import CLOCK, METRICS, SETTINGS, SIGNING_KEYS, WRITER
 
 logger = logging.getLogger("mgwebhook.webhook")
 
-# Mailgun retries anything but 200 and 406 for about 8 hours, whatever this header says.
+# Mailgun retries anything but 200 and 406 for about 8 hours, whatever this header contains.
 RETRY_AFTER_SECONDS = 30
 TOKEN_PREFIX_LENGTH = 8
 
@@ -151,7 +151,7 @@ def _respond(result: IngestResult, trace: _Trace) -> web.Response:
         trace.message_id = result.event.message_id or "-"
         trace.recipient = result.event.recipient
     if result.outcome is Outcome.UNPROCESSABLE:
-        # 406 tells Mailgun not to retry; the raw payload is kept for inspection.
+        # Mailgun does not retry a 406. The raw payload is kept for inspection.
         return web.json_response({"ok": False, "error": result.detail}, status=406)
     return web.json_response({"ok": True})
 

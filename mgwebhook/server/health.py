@@ -97,10 +97,10 @@ async def _check_database(engine: AsyncEngine) -> tuple[bool, str, str]:
     except DatabaseUnavailable as error:
         return False, f"database query failed ({_error_type(error)})", str(error)
 
-    wanted = set(metadata.tables) | {
+    expected = set(metadata.tables) | {
         subject.table.name for subject in SUBJECT_TABLES.values() if subject.table.schema is None
     }
-    missing = sorted(wanted - existing)
+    missing = sorted(expected - existing)
     if missing:
         names = ", ".join(missing)
         reason = f"tables missing: {names}; run `mgwebhook db upgrade`"

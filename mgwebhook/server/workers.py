@@ -35,8 +35,8 @@ def run_workers(settings: Settings, keys: list[bytes], count: int) -> int:
     """Run `count` server processes on one port (SO_REUSEPORT) and return the exit code.
 
     The kernel spreads connections over the processes. SIGTERM and SIGINT are
-    passed on to every process; if one exits on its own, the others are stopped
-    too, so a supervisor such as systemd sees the failure and restarts the unit.
+    passed on to every process. If one exits on its own, the others are stopped
+    too, so a supervisor such as systemd detects the failure and restarts the unit.
     """
     context = multiprocessing.get_context("spawn")
     processes = [

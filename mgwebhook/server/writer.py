@@ -2,7 +2,7 @@
 
 Each batch is one transaction, so one commit (and on SQLite one fsync) serves
 many requests. Every request gets its response only after the commit of its
-batch. A full queue is answered 503 at once instead of buffering without limit.
+batch. A full queue gets 503 at once instead of buffering without limit.
 """
 
 from __future__ import annotations

@@ -12,18 +12,18 @@ through `AsyncSession.run_sync`.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from mgwebhook import statuses
+from mgwebhook import statuses, trail
 from mgwebhook.db import repository
 from mgwebhook.db.errors import DATABASE_ERRORS, describe
-from mgwebhook.db.repository import TokenClaim
 from mgwebhook.errors import DatabaseUnavailable, MalformedPayload, TokenReplayed, UnusableEvent
 from mgwebhook.payloads import MailgunEvent, Payload, extract_event, parse_stored
 
@@ -73,9 +73,8 @@ class IngestResult:
     changes: list[StatusChange] = field(default_factory=list)
 
 
-async def ingest(session: AsyncSession, webhook: VerifiedWebhook, now: datetime) -> IngestResult:
-    """Record a verified post and apply its event; raise TokenReplayed for a reused token."""
-    return await session.run_sync(ingest_one, webhook, now)
+RETRY_DETAIL = "token already processed for this same event"
+DUPLICATE_DETAIL = "every matching row already has this Mailgun event"
 
 
 def ingest_batch(
@@ -83,46 +82,22 @@ def ingest_batch(
 ) -> list[IngestResult | TokenReplayed | DatabaseUnavailable]:
     """Ingest several posts in the caller's transaction; return one result per post, in order.
 
-    The posts are applied in message id order, so that concurrent batches on
-    PostgreSQL lock shared rows in the same order. The batch first runs inside
-    one savepoint. If a post fails, that savepoint is rolled back and the batch
-    runs again with a savepoint per post, so only the failing post gets an
-    error and its neighbours still commit. Errors that break the whole
+    The whole batch is applied with a few set-based statements, one per table
+    and step, inside one savepoint. If that fails, the savepoint is rolled back
+    and the batch runs again with a savepoint per post, so only the failing post
+    gets an error and its neighbours still commit. Errors that break the whole
     transaction, such as a lost connection, propagate and fail the batch.
     """
-    order = sorted(range(len(webhooks)), key=lambda index: _lock_order_key(webhooks[index]))
-    results: list[IngestResult | TokenReplayed | DatabaseUnavailable] = [
-        DatabaseUnavailable("not processed")
-    ] * len(webhooks)
     savepoint = session.begin_nested()
     try:
-        for index in order:
-            results[index] = _ingest_or_reject(session, webhooks[index], now)
+        results: list[IngestResult | TokenReplayed | DatabaseUnavailable]
+        results = list(_apply_posts(session, webhooks, now))
     except Exception:  # noqa: BLE001 - any failure is retried post by post below
         savepoint.rollback()
     else:
         savepoint.commit()
         return results
-    for index in order:
-        results[index] = _ingest_isolated(session, webhooks[index], now)
-    return results
-
-
-def _lock_order_key(webhook: VerifiedWebhook) -> str:
-    try:
-        return extract_event(webhook.payload).message_id or ""
-    except UnusableEvent:
-        return ""
-
-
-def _ingest_or_reject(
-    session: Session, webhook: VerifiedWebhook, now: datetime
-) -> IngestResult | TokenReplayed:
-    # A replayed token is detected before anything is written, so no rollback is needed.
-    try:
-        return ingest_one(session, webhook, now)
-    except TokenReplayed as error:
-        return error
+    return [_ingest_isolated(session, webhook, now) for webhook in webhooks]
 
 
 def _ingest_isolated(
@@ -130,7 +105,7 @@ def _ingest_isolated(
 ) -> IngestResult | TokenReplayed | DatabaseUnavailable:
     savepoint = session.begin_nested()
     try:
-        result = _ingest_or_reject(session, webhook, now)
+        [result] = _apply_posts(session, [webhook], now)
     except SQLAlchemyError as error:
         savepoint.rollback()
         logger.error("event with token %s failed: %s", webhook.token[:8], describe(error))
@@ -148,51 +123,193 @@ def _ingest_isolated(
     return result
 
 
-def ingest_one(session: Session, webhook: VerifiedWebhook, now: datetime) -> IngestResult:
-    """Synchronous body of `ingest`."""
-    payload = webhook.payload
-    claim = repository.claim_token(
-        session, webhook.token, payload.fingerprint, webhook.signed_at, now
-    )
-    if claim is TokenClaim.OTHER_EVENT:
-        raise TokenReplayed("token was already used by a different event")
-    if claim is TokenClaim.SAME_EVENT:
-        return IngestResult(Outcome.RETRY, "token already processed for this same event")
+class AuditConflict(RuntimeError):
+    """An audit row appeared that the row locks should have kept out; nothing is kept."""
 
+
+@dataclass
+class _Post:
+    """One post of a batch on its way through `_apply_posts`."""
+
+    webhook: VerifiedWebhook
     event: MailgunEvent | None = None
+    classification: statuses.Classification | None = None
+    # Why the event cannot be used, when it cannot.
+    problem: str | None = None
+    result: IngestResult | TokenReplayed | None = None
+    # Columns of the stored event, when the post is stored.
+    columns: dict[str, Any] | None = None
+    entries: list[trail.AuditEntry] = field(default_factory=list)
+
+
+def _apply_posts(
+    session: Session, webhooks: list[VerifiedWebhook], now: datetime
+) -> list[IngestResult | TokenReplayed]:
+    """Claim the tokens, store the posts and apply their events.
+
+    Events for the same row apply one after the other in arrival order. Any
+    database error or defect propagates, and the caller rolls back.
+    """
+    posts = [_read(webhook) for webhook in webhooks]
+    fresh = _claim_tokens(session, posts, now)
+    tracked = [post.event for post in fresh if post.event and post.classification]
+    matches = _lock_rows(session, tracked)
+    for post in fresh:
+        _decide(post, matches, now)
+
+    stored = [post for post in fresh if post.columns is not None]
+    event_ids = repository.insert_webhook_events(session, [post.columns or {} for post in stored])
+    audits = []
+    for post in stored:
+        assert isinstance(post.result, IngestResult)
+        event_id = event_ids[post.webhook.token]
+        post.result = replace(post.result, webhook_event_id=event_id)
+        if post.event is not None and post.classification is not None:
+            audits += _audit_rows(
+                post.event, post.classification, post.entries, event_id, post.webhook.signed_at, now
+            )
+    _write_trail(session, audits, matches, now)
+
+    results = []
+    for post in posts:
+        assert post.result is not None
+        results.append(post.result)
+    return results
+
+
+def _read(webhook: VerifiedWebhook) -> _Post:
+    post = _Post(webhook)
     try:
-        event = extract_event(payload)
-        classification = _classify(event)
+        post.event = extract_event(webhook.payload)
+        post.classification = _classify(post.event)
     except UnusableEvent as error:
-        event_id = repository.insert_webhook_event(
-            session,
-            **_stored_fields(webhook, event, now),
-            outcome=Outcome.UNPROCESSABLE,
-            detail=str(error),
-            processed_at=now,
+        post.problem = str(error)
+    return post
+
+
+def _claim_tokens(session: Session, posts: list[_Post], now: datetime) -> list[_Post]:
+    """Claim every token and return the posts whose token is new.
+
+    Each post whose token was used before gets its result here. A token that
+    arrives twice in one batch is claimed by its first post, and a later post
+    with it is a retry or a replay, as if it had come in a later batch.
+    """
+    first: dict[str, _Post] = {}
+    for post in posts:
+        first.setdefault(post.webhook.token, post)
+    uses = [
+        repository.TokenUse(token, post.webhook.payload.fingerprint, post.webhook.signed_at)
+        for token, post in first.items()
+    ]
+    previous = repository.claim_tokens(session, uses, now)
+    fresh = []
+    for post in posts:
+        token = post.webhook.token
+        known = previous[token]
+        if known is None:
+            if first[token] is post:
+                fresh.append(post)
+                continue
+            known = first[token].webhook.payload.fingerprint
+        if known == post.webhook.payload.fingerprint:
+            post.result = IngestResult(Outcome.RETRY, RETRY_DETAIL)
+        else:
+            post.result = TokenReplayed("token was already used by a different event")
+    return fresh
+
+
+def _lock_rows(session: Session, events: list[MailgunEvent]) -> dict[str, list[trail.RowState]]:
+    """Lock the rows matching the events' message ids; return their states by message id.
+
+    Each state contains the Mailgun events of this batch that the row's audit
+    trail already has.
+    """
+    matches = repository.lock_subjects_of(
+        session, [event.message_id for event in events if event.message_id is not None]
+    )
+    found = [row for rows in matches.values() for row in rows]
+    recorded: dict[tuple[str, str], set[str]] = {}
+    triples = repository.recorded_events(session, found, [event.event_key for event in events])
+    for subject_type, subject_id, event_key in triples:
+        recorded.setdefault((subject_type, subject_id), set()).add(event_key)
+    return {
+        message_id: [
+            trail.RowState(
+                row.subject_type,
+                row.subject_id,
+                row.key,
+                row.email_status,
+                recorded.get((row.subject_type, row.subject_id), set()),
+            )
+            for row in rows
+        ]
+        for message_id, rows in matches.items()
+    }
+
+
+def _decide(post: _Post, matches: dict[str, list[trail.RowState]], now: datetime) -> None:
+    """Set the post's result, the columns of its stored event and its audit entries."""
+    event = post.event
+    if post.problem is not None:
+        post.result = IngestResult(Outcome.UNPROCESSABLE, post.problem, event)
+        post.columns = _stored_columns(
+            post.webhook, event, Outcome.UNPROCESSABLE, post.problem, now
         )
-        return IngestResult(Outcome.UNPROCESSABLE, str(error), event, event_id)
-
-    if classification is None:
-        return IngestResult(Outcome.IGNORED, f"event type {event.event!r} is not tracked", event)
-
+        return
+    assert event is not None
+    if post.classification is None:
+        post.result = IngestResult(
+            Outcome.IGNORED, f"event type {event.event!r} is not tracked", event
+        )
+        return
     assert event.message_id is not None  # guaranteed by _classify
-    subjects = repository.lock_subjects(session, event.message_id)
-    # The outcome is stored with the row; _record corrects it in the rare case
-    # that a matching row already had this Mailgun event.
-    outcome, detail = _expected_outcome(classification, subjects)
-    event_id = repository.insert_webhook_event(
-        session,
-        **_stored_fields(webhook, event, now),
-        outcome=outcome,
-        detail=detail,
-        processed_at=now,
-    )
-    if not subjects:
-        return IngestResult(Outcome.UNMATCHED, detail, event, event_id)
-    return _record(
-        session, event, classification, subjects, event_id, webhook.signed_at, now, detail
-    )
+    rows = matches.get(event.message_id, [])
+    outcome, detail, post.entries = _apply(event, post.classification, rows)
+    post.result = IngestResult(outcome, detail, event, changes=_changes(post.entries))
+    post.columns = _stored_columns(post.webhook, event, outcome, detail, now)
+
+
+def _apply(
+    event: MailgunEvent, classification: statuses.Classification, rows: list[trail.RowState]
+) -> tuple[Outcome, str, list[trail.AuditEntry]]:
+    """Apply a tracked event to its matched rows' states; return its outcome and audit entries."""
+    if not rows:
+        return Outcome.UNMATCHED, UNMATCHED_DETAIL, []
+    if classification.severity_inferred:
+        logger.warning(
+            "failed event %s has severity %r; classified as %s from reason %r and code %s",
+            event.event_key,
+            event.severity,
+            classification.severity,
+            event.reason,
+            event.delivery_code,
+        )
+    entries = trail.apply_event(rows, event.event_key, classification.audit_type)
+    if not entries:
+        return Outcome.DUPLICATE, DUPLICATE_DETAIL, entries
+    names = ", ".join(f"{entry.row.subject_type}:{entry.row.subject_id}" for entry in entries)
+    return Outcome.APPLIED, f"{classification.audit_type} recorded for {names}", entries
+
+
+def _write_trail(
+    session: Session,
+    audits: list[dict[str, Any]],
+    matches: dict[str, list[trail.RowState]],
+    now: datetime,
+) -> None:
+    """Append the audit rows and store the statuses the events moved."""
+    inserted = repository.insert_audit_events(session, audits)
+    if inserted != len(audits):
+        raise AuditConflict(
+            f"{len(audits) - inserted} of {len(audits)} audit rows were already recorded"
+        )
+    moves = [
+        (row.subject_type, row.key, row.status)
+        for rows in matches.values()
+        for row in rows
+        if row.moved and row.status is not None
+    ]
+    repository.set_subject_statuses(session, moves, now)
 
 
 async def reprocess_stored_event(
@@ -224,13 +341,12 @@ def reprocess_stored_event_sync(
         return IngestResult(Outcome.IGNORED, f"event type {event.event!r} is not tracked", event)
 
     assert event.message_id is not None  # guaranteed by _classify
-    subjects = repository.lock_subjects(session, event.message_id)
-    if not subjects:
-        repository.set_webhook_event_outcome(
-            session, webhook_event_id, Outcome.UNMATCHED, UNMATCHED_DETAIL, now
-        )
-        return IngestResult(Outcome.UNMATCHED, UNMATCHED_DETAIL, event, webhook_event_id)
-    return _record(session, event, classification, subjects, webhook_event_id, signed_at, now, None)
+    matches = _lock_rows(session, [event])
+    outcome, detail, entries = _apply(event, classification, matches.get(event.message_id, []))
+    audits = _audit_rows(event, classification, entries, webhook_event_id, signed_at, now)
+    _write_trail(session, audits, matches, now)
+    repository.set_webhook_event_outcome(session, webhook_event_id, outcome, detail, now)
+    return IngestResult(outcome, detail, event, webhook_event_id, _changes(entries))
 
 
 def _classify(event: MailgunEvent) -> statuses.Classification | None:
@@ -242,111 +358,73 @@ def _classify(event: MailgunEvent) -> statuses.Classification | None:
     return classification
 
 
-def _expected_outcome(
-    classification: statuses.Classification, subjects: list[repository.SubjectRow]
-) -> tuple[Outcome, str]:
-    if not subjects:
-        return Outcome.UNMATCHED, UNMATCHED_DETAIL
-    return Outcome.APPLIED, _applied_detail(classification, subjects)
+def _changes(entries: list[trail.AuditEntry]) -> list[StatusChange]:
+    return [
+        StatusChange(
+            entry.row.subject_type, entry.row.subject_id, entry.status_before, entry.status_after
+        )
+        for entry in entries
+        if entry.status_changed and entry.status_after is not None
+    ]
 
 
-def _applied_detail(
-    classification: statuses.Classification, subjects: list[repository.SubjectRow]
-) -> str:
-    names = ", ".join(f"{s.subject_type}:{s.subject_id}" for s in subjects)
-    return f"{classification.audit_type} recorded for {names}"
-
-
-def _record(
-    session: Session,
+def _audit_rows(
     event: MailgunEvent,
     classification: statuses.Classification,
-    subjects: list[repository.SubjectRow],
+    entries: list[trail.AuditEntry],
     webhook_event_id: int,
     signed_at: datetime,
     now: datetime,
-    stored_detail: str | None,
-) -> IngestResult:
-    """Append the audit events and move the statuses of the locked rows.
-
-    `stored_detail` is the detail already stored with the event; the stored
-    outcome is updated only when the result differs from it.
-    """
-    if classification.severity_inferred:
-        logger.warning(
-            "failed event %s has severity %r; classified as %s from reason %r and code %s",
-            event.event_key,
-            event.severity,
-            classification.severity,
-            event.reason,
-            event.delivery_code,
-        )
-
-    changes = []
-    recorded = []
-    for subject in subjects:
-        target = statuses.next_status(subject.email_status, classification.audit_type)
-        inserted = repository.insert_audit_event(
-            session,
-            subject_type=subject.subject_type,
-            subject_id=subject.subject_id,
-            event_type=classification.audit_type,
-            mailgun_event=event.event,
-            mailgun_event_id=event.event_key,
-            message_id=event.message_id,
-            occurred_at=event.occurred_at or signed_at,
-            recipient=event.recipient,
-            severity=classification.severity or event.severity,
-            reason=event.reason,
-            delivery_code=event.delivery_code,
-            status_before=subject.email_status,
-            status_after=target or subject.email_status,
-            status_changed=target is not None,
-            webhook_event_id=webhook_event_id,
-            created_at=now,
-        )
-        if not inserted:
-            continue
-        recorded.append(subject)
-        if target is not None:
-            repository.set_subject_status(session, subject, target, now)
-            changes.append(
-                StatusChange(subject.subject_type, subject.subject_id, subject.email_status, target)
-            )
-
-    if recorded:
-        outcome = Outcome.APPLIED
-        detail = _applied_detail(classification, recorded)
-    else:
-        outcome = Outcome.DUPLICATE
-        detail = "every matching row already has this Mailgun event"
-    if detail != stored_detail:
-        repository.set_webhook_event_outcome(session, webhook_event_id, outcome, detail, now)
-    return IngestResult(outcome, detail, event, webhook_event_id, changes)
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "subject_type": entry.row.subject_type,
+            "subject_id": entry.row.subject_id,
+            "event_type": classification.audit_type,
+            "mailgun_event": event.event,
+            "mailgun_event_id": event.event_key,
+            "message_id": event.message_id,
+            "occurred_at": event.occurred_at or signed_at,
+            "recipient": event.recipient,
+            "severity": classification.severity or event.severity,
+            "reason": event.reason,
+            "delivery_code": event.delivery_code,
+            "status_before": entry.status_before,
+            "status_after": entry.status_after,
+            "status_changed": entry.status_changed,
+            "webhook_event_id": webhook_event_id,
+            "created_at": now,
+        }
+        for entry in entries
+    ]
 
 
-def _stored_fields(
-    webhook: VerifiedWebhook, event: MailgunEvent | None, now: datetime
-) -> dict[str, object]:
+def _stored_columns(
+    webhook: VerifiedWebhook,
+    event: MailgunEvent | None,
+    outcome: Outcome,
+    detail: str,
+    now: datetime,
+) -> dict[str, Any]:
+    """Columns of a stored post; every post has every key, so one statement inserts them all."""
     payload = webhook.payload
-    fields: dict[str, object] = {
+    return {
         "received_at": now,
         "token": webhook.token,
         "payload_format": payload.format,
         "raw_payload": payload.raw_text,
+        "event": event.event if event else None,
+        "mailgun_event_id": event.event_key if event else None,
+        "message_id": event.message_id if event else None,
+        "recipient": event.recipient if event else None,
+        "severity": event.severity if event else None,
+        "reason": event.reason if event else None,
+        "delivery_code": event.delivery_code if event else None,
+        "occurred_at": (event.occurred_at or webhook.signed_at) if event else None,
+        "outcome": outcome,
+        "detail": detail,
+        "processed_at": now,
     }
-    if event is not None:
-        fields.update(
-            event=event.event,
-            mailgun_event_id=event.event_key,
-            message_id=event.message_id,
-            recipient=event.recipient,
-            severity=event.severity,
-            reason=event.reason,
-            delivery_code=event.delivery_code,
-            occurred_at=event.occurred_at or webhook.signed_at,
-        )
-    return fields
 
 
 def utc_now() -> datetime:

@@ -8,10 +8,9 @@ worker-thread call on SQLite. Async callers run them through
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import Enum
 from typing import Any
 
 from sqlalchemy import Table, bindparam, func, select, update
@@ -26,14 +25,6 @@ from mgwebhook.db.schema import (
     webhook_events,
     webhook_tokens,
 )
-
-
-class TokenClaim(Enum):
-    """Result of storing a token: new, or already used by the same or another event."""
-
-    NEW = "new"
-    SAME_EVENT = "same-event"
-    OTHER_EVENT = "other-event"
 
 
 @dataclass(frozen=True)
@@ -66,21 +57,29 @@ def _hot_statements(dialect: str) -> dict[str, Any]:
 def _build_hot_statements(dialect: str, subjects: tuple[SubjectTable, ...]) -> dict[str, Any]:
     """Statements of the ingest path, built once per dialect.
 
-    Building a statement with `.values()` for every event costs more than
-    running it; these take their values as execution parameters instead.
+    Building a statement with `.values()` for every batch costs more than
+    running it; these take their values as execution parameters instead, one
+    parameter set per row.
     """
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     statements: dict[str, Any] = {
-        "claim_token": insert(webhook_tokens)
+        "claim_tokens": insert(webhook_tokens)
         .on_conflict_do_nothing(index_elements=["token"])
         .returning(webhook_tokens.c.token),
-        "token_fingerprint": select(webhook_tokens.c.fingerprint).where(
-            webhook_tokens.c.token == bindparam("token")
+        "token_fingerprints": select(webhook_tokens.c.token, webhook_tokens.c.fingerprint).where(
+            webhook_tokens.c.token.in_(bindparam("tokens", expanding=True))
         ),
-        "insert_event": webhook_events.insert().returning(webhook_events.c.id),
-        "insert_audit": insert(email_events)
+        "insert_events": webhook_events.insert().returning(
+            webhook_events.c.id, webhook_events.c.token
+        ),
+        "insert_audits": insert(email_events)
         .on_conflict_do_nothing(index_elements=["subject_type", "subject_id", "mailgun_event_id"])
         .returning(email_events.c.id),
+        "recorded_events": select(email_events.c.subject_id, email_events.c.mailgun_event_id).where(
+            email_events.c.subject_type == bindparam("subject_type"),
+            email_events.c.subject_id.in_(bindparam("subject_ids", expanding=True)),
+            email_events.c.mailgun_event_id.in_(bindparam("event_keys", expanding=True)),
+        ),
     }
     for subject in subjects:
         values: dict[str, Any] = {subject.status.key: bindparam("status_value")}
@@ -89,9 +88,10 @@ def _build_hot_statements(dialect: str, subjects: tuple[SubjectTable, ...]) -> d
         statements[f"set_status_{subject.kind}"] = (
             update(subject.table).where(subject.id == bindparam("subject_id_value")).values(values)
         )
+        normalised = normalised_message_id(subject.message_id)
         statements[f"lock_{subject.kind}"] = (
-            select(subject.id, subject.status)
-            .where(normalised_message_id(subject.message_id) == bindparam("message_id"))
+            select(subject.id, subject.status, normalised)
+            .where(normalised.in_(bindparam("message_ids", expanding=True)))
             .order_by(subject.id)
             .with_for_update()
         )
@@ -105,36 +105,55 @@ def as_utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
-def claim_token(
-    session: Session,
-    token: str,
-    fingerprint: str,
-    signed_at: datetime,
-    now: datetime,
-) -> TokenClaim:
-    """Store a verified token, or report which event already used it.
+@dataclass(frozen=True)
+class TokenUse:
+    token: str
+    fingerprint: str
+    signed_at: datetime
 
-    The primary key makes this hold across processes: on PostgreSQL a second
-    transaction inserting the same token waits until the first one commits or
-    rolls back, then finds its row or takes the token itself.
+
+def claim_tokens(session: Session, uses: list[TokenUse], now: datetime) -> dict[str, str | None]:
+    """Store verified tokens; return, per token, the fingerprint it already had, or None if new.
+
+    The tokens must be distinct. They are inserted in sorted order, so two
+    transactions on PostgreSQL claiming the same tokens wait on each other in
+    the same order instead of deadlocking. The primary key makes the claim hold
+    across processes: a second transaction inserting the same token waits until
+    the first one commits or rolls back, then finds its row or takes the token.
+    A token whose row has gone by the time it is read back maps to "", which
+    matches no fingerprint.
     """
+    if not uses:
+        return {}
     statements = _hot_statements(_dialect(session))
-    values = {
-        "token": token,
-        "fingerprint": fingerprint,
-        "signed_at": signed_at,
-        "received_at": now,
-    }
-    if session.execute(statements["claim_token"], values).first() is not None:
-        return TokenClaim.NEW
-    stored = session.scalar(statements["token_fingerprint"], {"token": token})
-    return TokenClaim.SAME_EVENT if stored == fingerprint else TokenClaim.OTHER_EVENT
+    connection = session.connection()
+    ordered = sorted(uses, key=lambda use: use.token)
+    parameters = [
+        {
+            "token": use.token,
+            "fingerprint": use.fingerprint,
+            "signed_at": use.signed_at,
+            "received_at": now,
+        }
+        for use in ordered
+    ]
+    claimed = set(connection.execute(statements["claim_tokens"], parameters).scalars())
+    already_used = [use.token for use in ordered if use.token not in claimed]
+    stored: dict[str, str | None] = dict.fromkeys(claimed)
+    if already_used:
+        rows = connection.execute(statements["token_fingerprints"], {"tokens": already_used})
+        found: dict[str, str] = {token: fingerprint for token, fingerprint in rows}
+        stored.update({token: found.get(token, "") for token in already_used})
+    return stored
 
 
-def insert_webhook_event(session: Session, **values: Any) -> int:
-    """Insert a received post and return its id."""
-    statement = _hot_statements(_dialect(session))["insert_event"]
-    return int(session.execute(statement, values).scalar_one())
+def insert_webhook_events(session: Session, rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Insert received posts, each with a distinct token; return their ids by token."""
+    if not rows:
+        return {}
+    statement = _hot_statements(_dialect(session))["insert_events"]
+    result = session.connection().execute(statement, rows)
+    return {token: int(event_id) for event_id, token in result}
 
 
 def set_webhook_event_outcome(
@@ -148,32 +167,76 @@ def set_webhook_event_outcome(
 
 
 def lock_subjects(session: Session, message_id: str) -> list[SubjectRow]:
-    """Return the rows whose normalised message id matches, locked for update.
+    """Return the rows whose normalised message id matches, locked for update."""
+    return lock_subjects_of(session, [message_id]).get(message_id, [])
 
-    Rows are locked in a fixed order (documents, then tenants, by id), and
-    `ingest.ingest_batch` applies a batch in message id order, so two batches on
-    PostgreSQL take the locks of shared rows in the same order. SQLite takes the
-    write lock for the whole database at BEGIN IMMEDIATE instead.
+
+def lock_subjects_of(session: Session, message_ids: Iterable[str]) -> dict[str, list[SubjectRow]]:
+    """Return the rows matching each normalised message id, locked for update.
+
+    Each subject table is read in one statement that locks its rows in id
+    order, documents before tenants, so concurrent transactions on PostgreSQL
+    lock shared rows in the same order. SQLite takes the write lock for the
+    whole database at BEGIN IMMEDIATE instead.
     """
+    requested = sorted(set(message_ids))
+    found: dict[str, list[SubjectRow]] = {}
+    if not requested:
+        return found
     statements = _hot_statements(_dialect(session))
-    rows = []
+    connection = session.connection()
     for subject_type in SUBJECT_TABLES:
-        result = session.execute(statements[f"lock_{subject_type}"], {"message_id": message_id})
-        for key, status in result:
-            rows.append(SubjectRow(subject_type, str(key), status, key=key))
-    return rows
+        result = connection.execute(statements[f"lock_{subject_type}"], {"message_ids": requested})
+        for key, status, message_id in result:
+            row = SubjectRow(subject_type, str(key), status, message_id, key=key)
+            found.setdefault(message_id, []).append(row)
+    return found
 
 
-def insert_audit_event(session: Session, **values: Any) -> bool:
-    """Append an audit event; return False if this subject already has this Mailgun event."""
-    statement = _hot_statements(_dialect(session))["insert_audit"]
-    return session.execute(statement, values).first() is not None
+def recorded_events(
+    session: Session, rows: Iterable[SubjectRow], event_keys: Iterable[str]
+) -> set[tuple[str, str, str]]:
+    """Return which of these Mailgun events the audit trail already has for these rows.
+
+    The result holds (subject type, subject id, Mailgun event key) triples, a
+    subset of the pairs of `rows` and `event_keys`.
+    """
+    keys = sorted(set(event_keys))
+    ids_by_type: dict[str, set[str]] = {}
+    for row in rows:
+        ids_by_type.setdefault(row.subject_type, set()).add(row.subject_id)
+    recorded: set[tuple[str, str, str]] = set()
+    if not keys:
+        return recorded
+    statement = _hot_statements(_dialect(session))["recorded_events"]
+    connection = session.connection()
+    for subject_type, ids in ids_by_type.items():
+        parameters = {"subject_type": subject_type, "subject_ids": sorted(ids), "event_keys": keys}
+        for subject_id, event_key in connection.execute(statement, parameters):
+            recorded.add((subject_type, subject_id, event_key))
+    return recorded
 
 
-def set_subject_status(session: Session, subject: SubjectRow, status: str, now: datetime) -> None:
-    statement = _hot_statements(_dialect(session))[f"set_status_{subject.subject_type}"]
-    values = {"subject_id_value": subject.key, "status_value": status, "updated_at_value": now}
-    session.execute(statement, values)
+def insert_audit_events(session: Session, rows: list[dict[str, Any]]) -> int:
+    """Append audit events; return how many were new (a subject has each Mailgun event once)."""
+    if not rows:
+        return 0
+    statement = _hot_statements(_dialect(session))["insert_audits"]
+    return len(session.connection().execute(statement, rows).all())
+
+
+def set_subject_statuses(
+    session: Session, moves: Iterable[tuple[str, Any, str]], now: datetime
+) -> None:
+    """Set statuses, given (subject type, id as the database returns it, status) triples."""
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for subject_type, key, status in moves:
+        values = {"subject_id_value": key, "status_value": status, "updated_at_value": now}
+        by_type.setdefault(subject_type, []).append(values)
+    statements = _hot_statements(_dialect(session))
+    connection = session.connection()
+    for subject_type, parameters in by_type.items():
+        connection.execute(statements[f"set_status_{subject_type}"], parameters)
 
 
 def parse_subject_id(subject_type: str, text: str) -> Any:

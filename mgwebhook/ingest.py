@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from mgwebhook import statuses, trail
-from mgwebhook.db import repository
+from mgwebhook.db import batch, repository
 from mgwebhook.db.errors import DATABASE_ERRORS, describe
 from mgwebhook.errors import DatabaseUnavailable, MalformedPayload, TokenReplayed, UnusableEvent
 from mgwebhook.payloads import MailgunEvent, Payload, extract_event, parse_stored
@@ -158,7 +158,7 @@ def _apply_posts(
         _decide(post, matches, now)
 
     stored = [post for post in fresh if post.columns is not None]
-    event_ids = repository.insert_webhook_events(session, [post.columns or {} for post in stored])
+    event_ids = batch.insert_webhook_events(session, [post.columns or {} for post in stored])
     audits = []
     for post in stored:
         assert isinstance(post.result, IngestResult)
@@ -198,10 +198,10 @@ def _claim_tokens(session: Session, posts: list[_Post], now: datetime) -> list[_
     for post in posts:
         first.setdefault(post.webhook.token, post)
     uses = [
-        repository.TokenUse(token, post.webhook.payload.fingerprint, post.webhook.signed_at)
+        batch.TokenUse(token, post.webhook.payload.fingerprint, post.webhook.signed_at)
         for token, post in first.items()
     ]
-    previous = repository.claim_tokens(session, uses, now)
+    previous = batch.claim_tokens(session, uses, now)
     fresh = []
     for post in posts:
         token = post.webhook.token
@@ -224,13 +224,17 @@ def _lock_rows(session: Session, events: list[MailgunEvent]) -> dict[str, list[t
     Each state contains the Mailgun events of this batch that the row's audit
     trail already has.
     """
-    matches = repository.lock_subjects_of(
+    matches = batch.lock_subjects_of(
         session, [event.message_id for event in events if event.message_id is not None]
     )
-    found = [row for rows in matches.values() for row in rows]
+    candidates = [
+        (row.subject_type, row.subject_id, event.event_key)
+        for event in events
+        if event.message_id is not None
+        for row in matches.get(event.message_id, [])
+    ]
     recorded: dict[tuple[str, str], set[str]] = {}
-    triples = repository.recorded_events(session, found, [event.event_key for event in events])
-    for subject_type, subject_id, event_key in triples:
+    for subject_type, subject_id, event_key in batch.recorded_events(session, candidates):
         recorded.setdefault((subject_type, subject_id), set()).add(event_key)
     return {
         message_id: [
@@ -298,7 +302,7 @@ def _write_trail(
     now: datetime,
 ) -> None:
     """Append the audit rows and store the statuses the events moved."""
-    inserted = repository.insert_audit_events(session, audits)
+    inserted = batch.insert_audit_events(session, audits)
     if inserted != len(audits):
         raise AuditConflict(
             f"{len(audits) - inserted} of {len(audits)} audit rows were already recorded"
@@ -309,7 +313,7 @@ def _write_trail(
         for row in rows
         if row.moved and row.status is not None
     ]
-    repository.set_subject_statuses(session, moves, now)
+    batch.set_subject_statuses(session, moves, now)
 
 
 async def reprocess_stored_event(

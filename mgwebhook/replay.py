@@ -15,7 +15,7 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from mgwebhook.db import event_queries, repository
+from mgwebhook.db import batch, event_queries
 from mgwebhook.db.engine import session_factory
 from mgwebhook.db.errors import translate_errors
 from mgwebhook.db.event_queries import PRUNED_PAYLOAD
@@ -62,7 +62,7 @@ async def replay_event(session: AsyncSession, webhook_event_id: int, now: dateti
         # A concurrent replay of this event holds these row locks until it commits.
         # Reading the stored outcome again after it keeps that replay's `applied`
         # from being taken for nothing new and overwritten with `duplicate`.
-        await session.run_sync(repository.lock_subjects, stored.message_id)
+        await session.run_sync(batch.lock_subjects, stored.message_id)
         stored = await event_queries.get_event(session, webhook_event_id)
         if stored is None:
             raise LookupError(f"stored event {webhook_event_id} does not exist")

@@ -200,7 +200,7 @@ async def test_serve_refuses_database_behind_code(database_url, tmp_path):
     result = await invoke(["serve", "--port", "0"], env)
     assert result.exit_code == 1
     assert result.output == (
-        "Error: the database schema is at revision 0001 and this code needs 0002; "
+        "Error: the database schema is at revision 0001 and this code needs 0003; "
         "run: mgwebhook db upgrade\n"
     )
 
@@ -211,8 +211,8 @@ async def test_db_current_reports_revision(database_url):
     before = await invoke(["db", "current"], env)
     assert (
         before.output
-        == "No mgwebhook schema yet (the code needs 0002); run: mgwebhook db upgrade\n"
+        == "No mgwebhook schema yet (the code needs 0003); run: mgwebhook db upgrade\n"
     )
     assert (await invoke(["db", "upgrade"], env)).exit_code == 0
     after = await invoke(["db", "current"], env)
-    assert after.output == "0002 (up to date)\n"
+    assert after.output == "0003 (up to date)\n"

@@ -156,5 +156,5 @@ async def test_readyz_503_when_schema_is_behind(aiohttp_client, database_url):
     assert response.status == 503
     assert await response.json() == {
         "ok": False,
-        "reason": "schema revision is 0001, the code needs 0002; run `mgwebhook db upgrade`",
+        "reason": "schema revision is 0001, the code needs 0003; run `mgwebhook db upgrade`",
     }

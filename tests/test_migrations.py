@@ -7,7 +7,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, select, text
 
-from mgwebhook.db.engine import create_engine
+from mgwebhook.db.engine import create_engine, create_schema, stored_revision
 from mgwebhook.db.migrate import (
     VERSION_TABLE,
     current_revision,
@@ -15,7 +15,7 @@ from mgwebhook.db.migrate import (
     schema_behind,
     upgrade_schema,
 )
-from mgwebhook.db.schema import metadata, webhook_events
+from mgwebhook.db.schema import SCHEMA_REVISION, metadata, webhook_events
 from tests.conftest import reset_database
 
 
@@ -25,10 +25,10 @@ async def test_empty_database_upgrades_to_head(database_url):
     try:
         assert await current_revision(engine) is None
         assert await schema_behind(engine) == (
-            "the database has no mgwebhook schema; run: mgwebhook db upgrade (to 0002)"
+            "the database has no mgwebhook schema; run: mgwebhook db upgrade (to 0003)"
         )
         await upgrade_schema(engine)
-        assert await current_revision(engine) == head_revision() == "0002"
+        assert await current_revision(engine) == head_revision() == "0003"
         assert await schema_behind(engine) is None
 
         async with engine.connect() as connection:
@@ -52,7 +52,7 @@ async def test_previous_revision_upgrades_and_keeps_rows(database_url):
         await upgrade_schema(engine, "0001")
         assert await current_revision(engine) == "0001"
         assert await schema_behind(engine) == (
-            "the database schema is at revision 0001 and this code needs 0002; "
+            "the database schema is at revision 0001 and this code needs 0003; "
             "run: mgwebhook db upgrade"
         )
         async with engine.begin() as connection:
@@ -64,7 +64,7 @@ async def test_previous_revision_upgrades_and_keeps_rows(database_url):
                 )
             )
         await upgrade_schema(engine)
-        assert await current_revision(engine) == "0002"
+        assert await current_revision(engine) == "0003"
         async with engine.begin() as connection:
             await connection.execute(
                 webhook_events.insert().values(
@@ -103,5 +103,30 @@ async def test_migrations_match_the_table_definitions(database_url):
 
         async with engine.connect() as connection:
             assert await connection.run_sync(differences) == []
+    finally:
+        await engine.dispose()
+
+
+def test_schema_revision_is_newest_migration():
+    assert head_revision() == SCHEMA_REVISION
+
+
+async def test_create_schema_at_head_keeps_version(database_url):
+    await reset_database(database_url)
+    engine = create_engine(database_url)
+    try:
+        await create_schema(engine)
+        assert await stored_revision(engine) == SCHEMA_REVISION
+        await create_schema(engine)
+        assert await current_revision(engine) == SCHEMA_REVISION
+    finally:
+        await engine.dispose()
+
+
+async def test_stored_revision_of_empty_database_is_none(database_url):
+    await reset_database(database_url)
+    engine = create_engine(database_url)
+    try:
+        assert await stored_revision(engine) is None
     finally:
         await engine.dispose()

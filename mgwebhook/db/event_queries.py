@@ -181,7 +181,11 @@ async def subjects_of_events(session: AsyncSession, rows: Sequence[Any]) -> dict
     if not rows:
         return {}
     ids = [row.id for row in rows]
+    listed = set(ids)
     keys = {row.mailgun_event_id for row in rows if row.mailgun_event_id is not None}
+    # Audit rows are found by message id, which is indexed. The Mailgun event
+    # key has no index, so it is compared here.
+    message_ids = {row.message_id for row in rows if row.mailgun_event_id is not None}
     statement = select(
         email_events.c.webhook_event_id,
         email_events.c.mailgun_event_id,
@@ -190,16 +194,17 @@ async def subjects_of_events(session: AsyncSession, rows: Sequence[Any]) -> dict
     ).where(
         or_(
             email_events.c.webhook_event_id.in_(ids),
-            email_events.c.mailgun_event_id.in_(list(keys)),
+            email_events.c.message_id.in_([m for m in message_ids if m is not None]),
         )
     )
     by_event_id: dict[int, set[str]] = defaultdict(set)
     by_key: dict[str, set[str]] = defaultdict(set)
     for webhook_event_id, key, subject_type, subject_id in await session.execute(statement):
         name = f"{subject_type}:{subject_id}"
-        if webhook_event_id is not None:
+        if webhook_event_id in listed:
             by_event_id[webhook_event_id].add(name)
-        by_key[key].add(name)
+        if key in keys:
+            by_key[key].add(name)
     subjects = {}
     for row in rows:
         names = by_event_id[row.id] | by_key.get(row.mailgun_event_id, set())

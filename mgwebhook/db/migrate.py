@@ -1,7 +1,8 @@
 """Schema migrations with Alembic, run on mgwebhook's own connection.
 
-The revision is kept in `mgwebhook_alembic_version`, so an invoicing API that
-uses Alembic on the same database keeps its own `alembic_version` table.
+The revision is kept in `mgwebhook_alembic_version` (`schema.VERSION_TABLE`), so
+an invoicing API that uses Alembic on the same database keeps its own
+`alembic_version` table.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mgwebhook.db.errors import translate_errors
+from mgwebhook.db.schema import VERSION_TABLE
 
-VERSION_TABLE = "mgwebhook_alembic_version"
+__all__ = ["VERSION_TABLE", "current_revision", "head_revision", "schema_behind", "upgrade_schema"]
 
 # Alembic reports every step at INFO; the commands print their own summary.
 logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -28,6 +28,12 @@ from mgwebhook.payloads import MESSAGE_ID_STRIP
 
 metadata = MetaData()
 
+# The Alembic revision that the tables below match, kept in VERSION_TABLE so
+# that an invoicing API using Alembic on the same database keeps its own
+# `alembic_version`. A test checks it against the newest migration.
+SCHEMA_REVISION = "0003"
+VERSION_TABLE = "mgwebhook_alembic_version"
+
 # SQLite only makes an INTEGER PRIMARY KEY an auto-incrementing row id.
 Identifier = BigInteger().with_variant(Integer(), "sqlite")
 Timestamp = DateTime(timezone=True)
@@ -176,7 +182,7 @@ webhook_events = Table(
     Column("detail", Text),
     Column("processed_at", Timestamp),
     Index("ix_webhook_events_received_at", "received_at"),
-    Index("ix_webhook_events_outcome_received_at", "outcome", "received_at"),
+    Index("ix_webhook_events_outcome_id", "outcome", "id"),
     Index("ix_webhook_events_message_id", "message_id"),
 )
 

@@ -205,7 +205,7 @@ class WebhookMetrics:
 def count_unmatched_events(connection: Connection) -> int:
     """Count stored events with outcome "unmatched".
 
-    The count can use ix_webhook_events_outcome_received_at, whose first column
+    The count can use ix_webhook_events_outcome_id, whose first column
     is the outcome.
     """
     statement = (

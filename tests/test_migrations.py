@@ -7,12 +7,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, select, text
 
-from mgwebhook.db.engine import create_engine, create_schema, stored_revision
+from mgwebhook.db.engine import create_engine, create_schema, schema_behind, stored_revision
 from mgwebhook.db.migrate import (
     VERSION_TABLE,
     current_revision,
     head_revision,
-    schema_behind,
     upgrade_schema,
 )
 from mgwebhook.db.schema import SCHEMA_REVISION, metadata, webhook_events

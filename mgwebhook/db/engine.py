@@ -103,6 +103,20 @@ async def stored_revision(engine: AsyncEngine) -> str | None:
         return result.scalar()
 
 
+async def schema_behind(engine: AsyncEngine) -> str | None:
+    """Return why the database's schema cannot serve this code, or None when it can."""
+    revision = await stored_revision(engine)
+    head = SCHEMA_REVISION
+    if revision == head:
+        return None
+    if revision is None:
+        return f"the database has no mgwebhook schema; run: mgwebhook db upgrade (to {head})"
+    return (
+        f"the database schema is at revision {revision} and this code needs {head}; "
+        "run: mgwebhook db upgrade"
+    )
+
+
 def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:

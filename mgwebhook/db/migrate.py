@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from mgwebhook.db.errors import translate_errors
 from mgwebhook.db.schema import VERSION_TABLE
 
-__all__ = ["VERSION_TABLE", "current_revision", "head_revision", "schema_behind", "upgrade_schema"]
+__all__ = ["VERSION_TABLE", "current_revision", "head_revision", "upgrade_schema"]
 
 # Alembic reports every step at INFO; the commands print their own summary.
 logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -61,17 +61,3 @@ async def current_revision(engine: AsyncEngine) -> str | None:
 
     async with translate_errors(), engine.connect() as connection:
         return await connection.run_sync(read)
-
-
-async def schema_behind(engine: AsyncEngine) -> str | None:
-    """Return why the database's schema cannot serve this code, or None when it can."""
-    revision = await current_revision(engine)
-    head = head_revision()
-    if revision == head:
-        return None
-    if revision is None:
-        return f"the database has no mgwebhook schema; run: mgwebhook db upgrade (to {head})"
-    return (
-        f"the database schema is at revision {revision} and this code needs {head}; "
-        "run: mgwebhook db upgrade"
-    )

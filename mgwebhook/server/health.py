@@ -14,9 +14,8 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mgwebhook.db.migrate import VERSION_TABLE, head_revision
 from mgwebhook.db.probe import read_within
-from mgwebhook.db.schema import SUBJECT_TABLES, metadata
+from mgwebhook.db.schema import SCHEMA_REVISION, SUBJECT_TABLES, VERSION_TABLE, metadata
 from mgwebhook.errors import DatabaseUnavailable
 from mgwebhook.server.keys import ENGINE
 
@@ -105,9 +104,11 @@ async def _check_database(engine: AsyncEngine) -> tuple[bool, str, str]:
         names = ", ".join(missing)
         reason = f"tables missing: {names}; run `mgwebhook db upgrade`"
         return False, reason, ""
-    head = head_revision()
-    if revision != head:
-        reason = f"schema revision is {revision}, the code needs {head}; run `mgwebhook db upgrade`"
+    if revision != SCHEMA_REVISION:
+        reason = (
+            f"schema revision is {revision}, the code needs {SCHEMA_REVISION}; "
+            "run `mgwebhook db upgrade`"
+        )
         return False, reason, ""
     return True, READY_REASON, ""
 

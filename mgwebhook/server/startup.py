@@ -6,8 +6,7 @@ import asyncio
 import logging
 
 from mgwebhook.config import Settings
-from mgwebhook.db.engine import create_engine
-from mgwebhook.db.migrate import schema_behind
+from mgwebhook.db.engine import create_engine, schema_behind
 from mgwebhook.errors import DatabaseUnavailable
 
 logger = logging.getLogger("mgwebhook")

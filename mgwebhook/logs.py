@@ -69,6 +69,9 @@ def configure_logging(level: str, log_format: str) -> None:
     # At DEBUG, aiosqlite logs every statement with its parameters, which would
     # put raw payloads and recipients in the log whatever log_recipients is set to.
     logging.getLogger("aiosqlite").setLevel(max(numeric, logging.INFO))
+    # Alembic logs each migration step and, on import, each of its plugins at
+    # INFO; the commands print their own summary instead.
+    logging.getLogger("alembic").setLevel(max(numeric, logging.WARNING))
 
 
 def _quiet_bad_requests(record: logging.LogRecord) -> bool:

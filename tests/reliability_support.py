@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -112,10 +112,18 @@ async def prepare_database(database_url: str, env: dict[str, str]) -> AsyncEngin
 class ServiceProcess:
     """A `python -m mgwebhook serve` process whose stdout and stderr go to one file."""
 
-    def __init__(self, log_path: Path, env: dict[str, str], port: int | None = None) -> None:
+    def __init__(
+        self,
+        log_path: Path,
+        env: dict[str, str],
+        port: int | None = None,
+        arguments: Sequence[str] = (),
+    ) -> None:
         self.log_path = log_path
         self.env = env
         self.port = port if port is not None else free_port()
+        # More `serve` options, such as ["--workers", "2"].
+        self.arguments = list(arguments)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -130,7 +138,15 @@ class ServiceProcess:
         """Start the process. The log file keeps the output of earlier runs."""
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "mgwebhook", "serve", "--port", str(self.port)],
+                [
+                    sys.executable,
+                    "-m",
+                    "mgwebhook",
+                    "serve",
+                    "--port",
+                    str(self.port),
+                    *self.arguments,
+                ],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

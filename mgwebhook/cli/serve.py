@@ -58,7 +58,7 @@ def serve(
     """Run the webhook endpoint at POST /v1/mailgun/webhook."""
     # Imported here so that other commands do not load the server.
     from mgwebhook.server.startup import schema_problem
-    from mgwebhook.server.workers import run_server, run_workers
+    from mgwebhook.server.workers import check_port, run_server, run_workers
 
     overrides = {
         "server.host": host,
@@ -94,9 +94,9 @@ def serve(
     )
     try:
         if workers > 1:
-            code = run_workers(settings, keys, workers)
-            if code != 0:
-                raise typer.Exit(code)
+            # The supervisor replaces this process and logs when it stops.
+            check_port(settings.server.host, settings.server.port)
+            run_workers(settings, keys, workers)
         else:
             run_server(settings, keys)
     except OSError as error:

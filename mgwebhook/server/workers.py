@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
-import signal
-from types import FrameType
+import pickle
+import socket
+import sys
+from typing import NoReturn
 
 from aiohttp import web
 
@@ -31,45 +32,54 @@ def run_server(settings: Settings, keys: list[bytes], *, reuse_port: bool = Fals
     )
 
 
-def run_workers(settings: Settings, keys: list[bytes], count: int) -> int:
-    """Run `count` server processes on one port (SO_REUSEPORT) and return the exit code.
+def check_port(host: str, port: int) -> None:
+    """Raise OSError when the server processes could not listen on this address."""
+    with socket.create_server((host, port), reuse_port=True):
+        pass
 
-    The kernel spreads connections over the processes. SIGTERM and SIGINT are
-    passed on to every process. If one exits on its own, the others are stopped
-    too, so a supervisor such as systemd detects the failure and restarts the unit.
+
+def run_workers(settings: Settings, keys: list[bytes], count: int) -> NoReturn:
+    """Replace this process with the supervisor of `count` server processes on one port.
+
+    See mgwebhook.server.supervisor. The settings and keys go through a pipe,
+    so they never appear on a command line.
     """
-    context = multiprocessing.get_context("spawn")
-    processes = [
-        context.Process(target=_worker, args=(settings, keys), name=f"mgwebhook-worker-{n}")
-        for n in range(count)
-    ]
-    for process in processes:
-        process.start()
-
-    stopping = False
-
-    def forward(signum: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-        for process in processes:
-            if process.is_alive() and process.pid is not None:
-                os.kill(process.pid, signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    while any(process.is_alive() for process in processes):
-        for process in processes:
-            process.join(timeout=0.5)
-            if process.exitcode not in (None, 0) and not stopping:
-                logger.error(
-                    "worker %s exited with code %s; stopping the others",
-                    process.name,
-                    process.exitcode,
-                )
-                forward(signal.SIGTERM, None)
-    return max(abs(process.exitcode or 0) for process in processes)
+    descriptor = _settings_descriptor(pickle.dumps((settings, keys)))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    module = "mgwebhook.server.supervisor"
+    os.execv(sys.executable, [sys.executable, "-m", module, str(descriptor), str(count)])
 
 
-def _worker(settings: Settings, keys: list[bytes]) -> None:
+def _settings_descriptor(blob: bytes) -> int:
+    """Return an inheritable file descriptor positioned at the start of `blob`.
+
+    Linux keeps the bytes in an anonymous memory file, so neither the size of
+    the settings nor the disk is a concern; elsewhere a pipe carries them,
+    which works while they fit in the pipe's buffer (64 KiB on macOS).
+    """
+    if hasattr(os, "memfd_create"):
+        descriptor = os.memfd_create("mgwebhook-settings", 0)
+        os.write(descriptor, blob)
+        os.lseek(descriptor, 0, os.SEEK_SET)
+    else:
+        descriptor, write_end = os.pipe()
+        with os.fdopen(write_end, "wb") as sink:
+            sink.write(blob)
+    os.set_inheritable(descriptor, True)
+    return descriptor
+
+
+def _worker_main() -> None:
+    """Run one server process with the settings and keys read from standard input."""
+    settings, keys = pickle.loads(sys.stdin.buffer.read())
     configure_logging(settings.logging.level, settings.logging.format)
-    run_server(settings, keys, reuse_port=True)
+    try:
+        run_server(settings, keys, reuse_port=True)
+    except OSError as error:
+        logger.error("worker %d cannot start the server: %s", os.getpid(), error)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    _worker_main()

@@ -85,8 +85,9 @@ class BatchWriter:
             raise ServiceOverloaded(
                 f"ingest queue is full ({self._queue.maxsize} waiting posts)"
             ) from None
-        # A cancelled request must not cancel the result the writer will set.
-        result = await asyncio.shield(future)
+        # When the request is cancelled, so is the future: the post stays queued
+        # and is committed all the same, and the writer skips setting its result.
+        result = await future
         if isinstance(result, Exception):
             raise result
         return result

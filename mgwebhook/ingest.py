@@ -82,21 +82,34 @@ def ingest_batch(
 ) -> list[IngestResult | TokenReplayed | DatabaseUnavailable]:
     """Ingest several posts in the caller's transaction; return one result per post, in order.
 
-    The whole batch is applied with a few set-based statements, one per table
-    and step, inside one savepoint. If that fails, the savepoint is rolled back
-    and the batch runs again with a savepoint per post, so only the failing post
-    gets an error and its neighbours still commit. Errors that break the whole
-    transaction, such as a lost connection, propagate and fail the batch.
+    The batch first runs with `apply_batch` inside one savepoint. If that
+    fails, the savepoint is rolled back and `apply_each` runs the posts one by
+    one, so only the failing post gets an error and its neighbours still
+    commit. A caller that owns the transaction can save the savepoint: run
+    `apply_batch`, and after a failure roll back and run `apply_each` in a new
+    transaction.
     """
     savepoint = session.begin_nested()
     try:
         results: list[IngestResult | TokenReplayed | DatabaseUnavailable]
-        results = list(_apply_posts(session, webhooks, now))
+        results = list(apply_batch(session, webhooks, now))
     except Exception:  # noqa: BLE001 - any failure is retried post by post below
         savepoint.rollback()
     else:
         savepoint.commit()
         return results
+    return apply_each(session, webhooks, now)
+
+
+def apply_each(
+    session: Session, webhooks: list[VerifiedWebhook], now: datetime
+) -> list[IngestResult | TokenReplayed | DatabaseUnavailable]:
+    """Ingest the posts one by one, each in a savepoint of its own.
+
+    A post that fails gets DatabaseUnavailable (its Mailgun retry comes back
+    later) and the others still apply. Errors that break the whole
+    transaction, such as a lost connection, propagate and fail the batch.
+    """
     return [_ingest_isolated(session, webhook, now) for webhook in webhooks]
 
 
@@ -105,7 +118,7 @@ def _ingest_isolated(
 ) -> IngestResult | TokenReplayed | DatabaseUnavailable:
     savepoint = session.begin_nested()
     try:
-        [result] = _apply_posts(session, [webhook], now)
+        [result] = apply_batch(session, [webhook], now)
     except SQLAlchemyError as error:
         savepoint.rollback()
         logger.error("event with token %s failed: %s", webhook.token[:8], describe(error))
@@ -129,7 +142,7 @@ class AuditConflict(RuntimeError):
 
 @dataclass
 class _Post:
-    """One post of a batch on its way through `_apply_posts`."""
+    """One post of a batch on its way through `apply_batch`."""
 
     webhook: VerifiedWebhook
     event: MailgunEvent | None = None
@@ -142,13 +155,14 @@ class _Post:
     entries: list[trail.AuditEntry] = field(default_factory=list)
 
 
-def _apply_posts(
+def apply_batch(
     session: Session, webhooks: list[VerifiedWebhook], now: datetime
 ) -> list[IngestResult | TokenReplayed]:
-    """Claim the tokens, store the posts and apply their events.
+    """Claim the tokens, store the posts and apply their events with set-based statements.
 
     Events for the same row apply one after the other in arrival order. Any
-    database error or defect propagates, and the caller rolls back.
+    database error or defect propagates, and the caller rolls back whatever
+    this wrote.
     """
     posts = [_read(webhook) for webhook in webhooks]
     fresh = _claim_tokens(session, posts, now)

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from mgwebhook.db.errors import describe, translate_errors
 from mgwebhook.errors import DatabaseUnavailable, ServiceOverloaded, TokenReplayed
-from mgwebhook.ingest import IngestResult, VerifiedWebhook, ingest_batch
+from mgwebhook.ingest import IngestResult, VerifiedWebhook, apply_batch, apply_each
 
 logger = logging.getLogger(__name__)
 
@@ -123,22 +123,43 @@ class BatchWriter:
 
 
 def async_batch_runner(sessions: async_sessionmaker[AsyncSession]) -> RunBatch:
-    """Run each batch in one transaction on the async engine (PostgreSQL)."""
+    """Run each batch in one transaction on the async engine (PostgreSQL).
+
+    A batch that fails is rolled back and applied again post by post, each
+    post in a savepoint, so one bad post does not fail its neighbours.
+    """
 
     async def run(webhooks: list[VerifiedWebhook], now: datetime) -> list[BatchResult]:
-        async with translate_errors(), sessions() as session, session.begin():
-            return await session.run_sync(ingest_batch, webhooks, now)
+        async with translate_errors(), sessions() as session:
+            try:
+                async with session.begin():
+                    return list(await session.run_sync(apply_batch, webhooks, now))
+            except Exception as error:  # noqa: BLE001 - the posts are retried one by one below
+                _log_batch_retry(len(webhooks), error)
+            async with session.begin():
+                return await session.run_sync(apply_each, webhooks, now)
 
     return run
 
 
 def thread_batch_runner(engine: Engine, executor: ThreadPoolExecutor) -> RunBatch:
-    """Run each batch in one worker-thread call on a synchronous engine (SQLite)."""
+    """Run each batch in one worker-thread call on a synchronous engine (SQLite).
+
+    A failed batch is retried post by post, as in `async_batch_runner`.
+    """
 
     def run_in_thread(webhooks: list[VerifiedWebhook], now: datetime) -> list[BatchResult]:
         try:
-            with Session(engine) as session, session.begin():
-                return ingest_batch(session, webhooks, now)
+            with Session(engine) as session:
+                try:
+                    with session.begin():
+                        return list(apply_batch(session, webhooks, now))
+                except Exception:  # noqa: BLE001 - the posts are retried one by one below
+                    logger.debug(
+                        "batch of %d posts failed; applying them one by one", len(webhooks)
+                    )
+                with session.begin():
+                    return apply_each(session, webhooks, now)
         except (SQLAlchemyError, OSError) as error:
             raise DatabaseUnavailable(describe(error)) from error
 
@@ -147,3 +168,7 @@ def thread_batch_runner(engine: Engine, executor: ThreadPoolExecutor) -> RunBatc
         return await loop.run_in_executor(executor, run_in_thread, webhooks, now)
 
     return run
+
+
+def _log_batch_retry(size: int, error: Exception) -> None:
+    logger.warning("batch of %d posts failed (%s); applying them one by one", size, describe(error))

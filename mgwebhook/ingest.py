@@ -104,12 +104,26 @@ def ingest_batch(
 def apply_each(
     session: Session, webhooks: list[VerifiedWebhook], now: datetime
 ) -> list[IngestResult | TokenReplayed | DatabaseUnavailable]:
-    """Ingest the posts one by one, each in a savepoint of its own.
+    """Ingest the posts one by one, each in a savepoint of its own; return results in order.
 
     A post that fails gets DatabaseUnavailable (its Mailgun retry comes back
     later) and the others still apply. Errors that break the whole
     transaction, such as a lost connection, propagate and fail the batch.
+
+    Every matching row of the batch is locked first, as in `apply_batch`.
+    Then the posts run in arrival order, each claiming its token before it
+    writes. Posts that share a token also share their rows, so two
+    transactions meet at the row locks before any token. Only posts that match
+    no row (unmatched or untracked events) claim tokens out of sorted order:
+    at worst PostgreSQL breaks a deadlock between two such transactions, and
+    one post gets 503 and a retry from Mailgun.
     """
+    message_ids = []
+    for webhook in webhooks:
+        post = _read(webhook)
+        if post.event is not None and post.event.message_id is not None:
+            message_ids.append(post.event.message_id)
+    batch.lock_rows_only(session, message_ids)
     return [_ingest_isolated(session, webhook, now) for webhook in webhooks]
 
 
@@ -158,16 +172,21 @@ class _Post:
 def apply_batch(
     session: Session, webhooks: list[VerifiedWebhook], now: datetime
 ) -> list[IngestResult | TokenReplayed]:
-    """Claim the tokens, store the posts and apply their events with set-based statements.
+    """Lock the rows, claim the tokens, store the posts and apply their events.
 
-    Events for the same row apply one after the other in arrival order. Any
-    database error or defect propagates, and the caller rolls back whatever
-    this wrote.
+    Every step is one set-based statement per table. Events for the same row
+    apply one after the other in arrival order. Any database error or defect
+    propagates, and the caller rolls back whatever this wrote.
+
+    Locks are taken in one order by every transaction: the matching rows
+    first (see `batch.lock_subjects_of`), then the tokens in sorted order.
+    `apply_each` keeps the same order, so concurrent transactions on
+    PostgreSQL wait for each other instead of deadlocking.
     """
     posts = [_read(webhook) for webhook in webhooks]
-    fresh = _claim_tokens(session, posts, now)
-    tracked = [post.event for post in fresh if post.event and post.classification]
+    tracked = [post.event for post in posts if post.event and post.classification]
     matches = _lock_rows(session, tracked)
+    fresh = _claim_tokens(session, posts, now)
     for post in fresh:
         _decide(post, matches, now)
 
@@ -250,19 +269,30 @@ def _lock_rows(session: Session, events: list[MailgunEvent]) -> dict[str, list[t
     recorded: dict[tuple[str, str], set[str]] = {}
     for subject_type, subject_id, event_key in batch.recorded_events(session, candidates):
         recorded.setdefault((subject_type, subject_id), set()).add(event_key)
-    return {
-        message_id: [
-            trail.RowState(
-                row.subject_type,
-                row.subject_id,
-                row.key,
-                row.email_status,
-                recorded.get((row.subject_type, row.subject_id), set()),
-            )
-            for row in rows
-        ]
-        for message_id, rows in matches.items()
-    }
+
+    # The audit trail names a row by its type and id text, so rows whose ids
+    # read the same (such as one UUID stored in two cases) share one state.
+    states: dict[tuple[str, str], trail.RowState] = {}
+    by_message_id: dict[str, list[trail.RowState]] = {}
+    for message_id, rows in matches.items():
+        for row in rows:
+            name = (row.subject_type, row.subject_id)
+            state = states.get(name)
+            if state is None:
+                state = trail.RowState(
+                    row.subject_type,
+                    row.subject_id,
+                    (row.key,),
+                    row.email_status,
+                    recorded.get(name, set()),
+                )
+                states[name] = state
+            elif row.key not in state.keys:
+                state.keys += (row.key,)
+            matched = by_message_id.setdefault(message_id, [])
+            if state not in matched:
+                matched.append(state)
+    return by_message_id
 
 
 def _decide(post: _Post, matches: dict[str, list[trail.RowState]], now: datetime) -> None:
@@ -322,10 +352,11 @@ def _write_trail(
             f"{len(audits) - inserted} of {len(audits)} audit rows were already recorded"
         )
     moves = [
-        (row.subject_type, row.key, row.status)
+        (row.subject_type, key, row.status)
         for rows in matches.values()
         for row in rows
         if row.moved and row.status is not None
+        for key in row.keys
     ]
     batch.set_subject_statuses(session, moves, now)
 

@@ -13,14 +13,15 @@ from typing import Any
 from mgwebhook import statuses
 
 
-@dataclass
+@dataclass(eq=False)
 class RowState:
     """A matched row as the events of one transaction have left it so far."""
 
     subject_type: str
     subject_id: str
-    # The id as the database returns it (text, integer or UUID); subject_id is its text.
-    key: Any
+    # The ids as the database returns them (text, integer or UUID); subject_id is
+    # their text. Two rows share a state only when their ids have the same text.
+    keys: tuple[Any, ...]
     status: str | None
     # Mailgun event keys already in this row's audit trail.
     recorded: set[str] = field(default_factory=set)

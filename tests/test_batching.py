@@ -14,8 +14,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mgwebhook.config import IngestSettings
+from mgwebhook.db import batch
+from mgwebhook.db.batch import TokenUse
 from mgwebhook.db.engine import session_factory
-from mgwebhook.ingest import IngestResult, VerifiedWebhook, ingest_batch
+from mgwebhook.ingest import IngestResult, VerifiedWebhook, apply_batch, apply_each, ingest_batch
 from mgwebhook.payloads import parse_body
 from mgwebhook.server.app import create_app
 from mgwebhook.server.keys import WRITER
@@ -32,6 +34,7 @@ from tests.helpers import (
     stored_events,
     token_count,
 )
+from tests.reliability_support import wait_until
 
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 
@@ -214,3 +217,39 @@ async def test_batch_size_does_not_change_results(engine, settings, batch_size):
     assert len(await audit_rows(engine)) == 20
     found = sorted(outcome for *_, outcome in await stored_events(engine))
     assert found == ["applied"] * 20 + ["duplicate"] * 20
+
+
+async def _lock_waiters(engine: AsyncEngine) -> int:
+    async with engine.connect() as connection:
+        statement = text(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return int((await connection.execute(statement)).scalar_one())
+
+
+@pytest.mark.parametrize("apply", [apply_batch, apply_each], ids=["batch", "each"])
+async def test_rows_are_locked_before_tokens(engine, apply):
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite locks the whole database at BEGIN IMMEDIATE")
+    await insert_document(engine, "INV-1", FIXTURE_MESSAGE_ID)
+    webhook = verified(signed(fixture("delivered")))
+    use = TokenUse(webhook.token, webhook.payload.fingerprint, NOW)
+    sessions = session_factory(engine)
+
+    async def apply_alone() -> list:
+        async with sessions() as session, session.begin():
+            return await session.run_sync(apply, [webhook], NOW)
+
+    async with engine.connect() as holder:
+        await holder.begin()
+        await holder.execute(text("SELECT id FROM documents WHERE id = 'INV-1' FOR UPDATE"))
+        waiting = asyncio.create_task(apply_alone())
+        await wait_until(lambda: _lock_waiters(engine), "the post waits for the row lock")
+        # The waiting transaction has claimed no token yet, so another one claims it at once.
+        async with sessions() as session, session.begin():
+            await session.execute(text("SET LOCAL lock_timeout = '5s'"))
+            claimed = await session.run_sync(batch.claim_tokens, [use], NOW)
+        assert claimed == {webhook.token: None}
+        await holder.rollback()
+    assert outcomes(await waiting) == ["retry"]

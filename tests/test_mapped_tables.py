@@ -256,3 +256,26 @@ async def test_bad_row_fails_only_its_own_post(mixed_id_types, database_url):
     async with engine.connect() as connection:
         states = (await connection.execute(text("SELECT state FROM tens"))).scalars().all()
     assert states == ["COMPLAINED"]
+
+
+async def test_case_variant_ids_share_one_audit_row(mixed_id_types, database_url):
+    if not database_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's uuid type has one spelling per value")
+    engine = mixed_id_types
+    # Both ids read back as the same UUID text, which names one row in the audit trail.
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(f"INSERT INTO docs VALUES ('{UUID_DOCUMENT.upper()}', '<shared@mg>', 'SENT')")
+        )
+    data = fixture("delivered")
+    data["message"]["headers"]["message-id"] = "shared@mg"
+    async with session_factory(engine)() as session, session.begin():
+        results = await session.run_sync(ingest_batch, [verified(data)], datetime.now(UTC))
+    assert [r.outcome for r in results] == ["applied"]
+    async with engine.connect() as connection:
+        audit = (
+            await connection.execute(
+                text("SELECT subject_type, subject_id FROM email_events ORDER BY subject_type")
+            )
+        ).all()
+    assert [tuple(row) for row in audit] == [("document", UUID_DOCUMENT), ("tenant", "T-1")]

@@ -7,7 +7,7 @@ from mgwebhook.trail import AuditEntry, RowState, apply_event
 
 
 def row(subject_id: str, status: str | None = "SENT", recorded: set[str] | None = None) -> RowState:
-    return RowState("document", subject_id, subject_id, status, recorded or set())
+    return RowState("document", subject_id, (subject_id,), status, recorded or set())
 
 
 def test_delivered_moves_sent_row():

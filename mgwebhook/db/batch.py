@@ -18,7 +18,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, Table, and_, any_, bindparam, column, func, select, update
+from sqlalchemy import (
+    Column,
+    Table,
+    and_,
+    any_,
+    bindparam,
+    column,
+    func,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import FromClause
@@ -124,6 +135,22 @@ def lock_subjects_of(session: Session, message_ids: Iterable[str]) -> dict[str, 
             row = SubjectRow(subject_type, str(key), status, message_id, key=key)
             found.setdefault(message_id, []).append(row)
     return found
+
+
+def lock_rows_only(session: Session, message_ids: Iterable[str]) -> None:
+    """Lock the rows matching these normalised message ids without reading them.
+
+    This takes the locks of `lock_subjects_of` in the same order, ahead of work
+    that reads the rows later. On SQLite, BEGIN IMMEDIATE has already locked
+    the whole database, so nothing is sent.
+    """
+    requested = sorted(set(message_ids))
+    dialect, statements = _statements(session)
+    if not requested or dialect != "postgresql":
+        return
+    connection = session.connection()
+    for subject_type in SUBJECT_TABLES:
+        connection.execute(statements[f"lock_only_{subject_type}"], {"message_ids": requested})
 
 
 def recorded_events(
@@ -289,9 +316,17 @@ def _postgresql_statements(subjects: tuple[SubjectTable, ...]) -> dict[str, Any]
             update(subject.table).where(subject.id == moves.c.subject_key).values(values)
         )
         normalised = normalised_message_id(subject.message_id)
+        matching = normalised == any_(_array_parameter("message_ids", subject.message_id))
         statements[f"lock_{subject.kind}"] = (
             select(subject.id, subject.status, normalised)
-            .where(normalised == any_(_array_parameter("message_ids", subject.message_id)))
+            .where(matching)
+            .order_by(subject.id)
+            .with_for_update()
+        )
+        statements[f"lock_only_{subject.kind}"] = (
+            select(literal(1))
+            .select_from(subject.table)
+            .where(matching)
             .order_by(subject.id)
             .with_for_update()
         )

@@ -95,6 +95,9 @@ class BatchWriter:
     async def _work(self) -> None:
         while True:
             batch = [await self._queue.get()]
+            # Yield to the event loop once, so that requests whose bodies have
+            # already arrived are verified and join this batch.
+            await asyncio.sleep(0)
             while len(batch) < self._max_batch_size and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             self.in_flight += len(batch)
@@ -154,10 +157,8 @@ def thread_batch_runner(engine: Engine, executor: ThreadPoolExecutor) -> RunBatc
                 try:
                     with session.begin():
                         return list(apply_batch(session, webhooks, now))
-                except Exception:  # noqa: BLE001 - the posts are retried one by one below
-                    logger.debug(
-                        "batch of %d posts failed; applying them one by one", len(webhooks)
-                    )
+                except Exception as error:  # noqa: BLE001 - the posts are retried one by one below
+                    _log_batch_retry(len(webhooks), error)
                 with session.begin():
                     return apply_each(session, webhooks, now)
         except (SQLAlchemyError, OSError) as error:

@@ -91,6 +91,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=1, help="mgwebhook serve --workers")
     parser.add_argument("--skip-bare", action="store_true", help="do not measure the baseline")
     parser.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="also measure mgwebhook's HTTP path with a writer that stores nothing",
+    )
+    parser.add_argument(
         "--skip-load", action="store_true", help="only seed and time `events list`, no wrk runs"
     )
     return parser.parse_args()
@@ -119,7 +124,8 @@ def main() -> int:
                 return 0
             server, memory = measure_mgwebhook(args, database_url, bodies)
             bare = None if args.skip_bare else measure_bare(args, bodies)
-            report(args, server, bare, memory)
+            ceiling = measure_ceiling(args, database_url, bodies) if args.ceiling else None
+            report(args, server, bare, ceiling, memory)
         finally:
             if args.database == "postgresql":
                 drop_postgres_database(args.postgres_url)
@@ -367,11 +373,24 @@ def time_events_list(database_url: str) -> float:
 
 
 def measure_bare(args, bodies: Path) -> WrkResult:
-    port = free_port()
     env = {**os.environ, "MAILGUN_WEBHOOK_SIGNING_KEY": SIGNING_KEY}
-    server = subprocess.Popen(
-        [sys.executable, str(BENCH_DIR / "bare_handler.py"), str(port)], env=env
-    )
+    return measure_script(args, "bare_handler.py", env, bodies)
+
+
+def measure_ceiling(args, database_url: str, bodies: Path) -> WrkResult:
+    env = {
+        **os.environ,
+        "MAILGUN_WEBHOOK_SIGNING_KEY": SIGNING_KEY,
+        "MGWEBHOOK_DATABASE_URL": database_url,
+        "MGWEBHOOK_LOGGING_LEVEL": "WARNING",
+    }
+    return measure_script(args, "ceiling_server.py", env, bodies)
+
+
+def measure_script(args, script: str, env: dict[str, str], bodies: Path) -> WrkResult:
+    """Start `python bench/SCRIPT PORT`, drive it with wrk and stop it."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, str(BENCH_DIR / script), str(port)], env=env)
     try:
         wait_for_port(port, server)
         return run_wrk(args, port, bodies)
@@ -380,7 +399,13 @@ def measure_bare(args, bodies: Path) -> WrkResult:
         server.wait(timeout=30)
 
 
-def report(args, server: WrkResult, bare: WrkResult | None, memory: MemoryTrace) -> None:
+def report(
+    args,
+    server: WrkResult,
+    bare: WrkResult | None,
+    ceiling: WrkResult | None,
+    memory: MemoryTrace,
+) -> None:
     print()
     print(
         f"database={args.database} rows={args.rows} stored_events={args.stored_events} "
@@ -396,6 +421,14 @@ def report(args, server: WrkResult, bare: WrkResult | None, memory: MemoryTrace)
             f"p99 {bare.p99_ms:.1f} ms"
         )
         print(f"ratio to bare handler: {server.ok_per_second / bare.ok_per_second:.2f}")
+    if ceiling is not None:
+        line = (
+            f"mgwebhook storing nothing: {ceiling.ok_per_second:.0f} requests/s, "
+            f"p50 {ceiling.p50_ms:.1f} ms, p99 {ceiling.p99_ms:.1f} ms"
+        )
+        if bare is not None:
+            line += f", ratio to bare handler {ceiling.ok_per_second / bare.ok_per_second:.2f}"
+        print(line)
     half = args.duration / 2
     print(
         f"server RSS: peak {memory.peak_mb():.0f} MB, mean first half "

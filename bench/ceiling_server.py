@@ -1,0 +1,43 @@
+"""mgwebhook's HTTP path with a writer that stores nothing: the ceiling for the database work.
+
+It runs the real application (reading, verification, parsing, the queue, the
+log line, metrics and the response) but answers every queued post as applied
+without touching the database. Its rate shows how much of the gap to the bare
+handler is the HTTP path and how much is storage.
+
+Usage: python bench/ceiling_server.py PORT (MAILGUN_WEBHOOK_SIGNING_KEY and
+MGWEBHOOK_DATABASE_URL set as for `mgwebhook serve`).
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from typing import Any
+
+from mgwebhook.cli.app import main as mgwebhook_main
+from mgwebhook.ingest import IngestResult, Outcome, VerifiedWebhook
+from mgwebhook.payloads import extract_event
+from mgwebhook.server import app as app_module
+
+
+def storing_nothing(*_arguments: Any) -> Any:
+    async def run(webhooks: list[VerifiedWebhook], _now: datetime) -> list[IngestResult]:
+        return [
+            IngestResult(Outcome.APPLIED, "not stored", extract_event(webhook.payload))
+            for webhook in webhooks
+        ]
+
+    return run
+
+
+def main() -> None:
+    # Both runners are replaced, whichever database the URL names.
+    app_module.thread_batch_runner = storing_nothing
+    app_module.async_batch_runner = storing_nothing
+    sys.argv = ["mgwebhook", "serve", "--port", sys.argv[1]]
+    mgwebhook_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,7 +1,7 @@
 """mgwebhook's HTTP path with a writer that stores nothing: the ceiling for the database work.
 
 It runs the real application (reading, verification, parsing, the queue, the
-log line, metrics and the response) but answers every queued post as applied
+log line, metrics and the response) but reports every queued post as applied
 without touching the database. Its rate shows how much of the gap to the bare
 handler is the HTTP path and how much is storage.
 

@@ -215,6 +215,12 @@ async def mixed_id_types(database_url: str):
     configure_subjects(SubjectSettings())
 
 
+async def audit_subjects(engine) -> list[tuple[str, str]]:
+    async with engine.connect() as connection:
+        statement = text("SELECT subject_type, subject_id FROM email_events ORDER BY subject_type")
+        return [(row[0], row[1]) for row in await connection.execute(statement)]
+
+
 def verified(data: dict) -> VerifiedWebhook:
     body = json.dumps(signed(data)).encode()
     return VerifiedWebhook(parse_body("application/json", body), datetime.now(UTC))
@@ -227,13 +233,7 @@ async def test_mixed_id_types_keep_their_own_ids(mixed_id_types):
     async with session_factory(engine)() as session, session.begin():
         results = await session.run_sync(ingest_batch, [verified(data)], datetime.now(UTC))
     assert [r.outcome for r in results] == ["applied"]
-    async with engine.connect() as connection:
-        audit = (
-            await connection.execute(
-                text("SELECT subject_type, subject_id FROM email_events ORDER BY subject_type")
-            )
-        ).all()
-    assert [tuple(row) for row in audit] == [("document", UUID_DOCUMENT), ("tenant", "T-1")]
+    assert await audit_subjects(engine) == [("document", UUID_DOCUMENT), ("tenant", "T-1")]
 
 
 async def test_bad_row_fails_only_its_own_post(mixed_id_types, database_url):
@@ -272,10 +272,4 @@ async def test_case_variant_ids_share_one_audit_row(mixed_id_types, database_url
     async with session_factory(engine)() as session, session.begin():
         results = await session.run_sync(ingest_batch, [verified(data)], datetime.now(UTC))
     assert [r.outcome for r in results] == ["applied"]
-    async with engine.connect() as connection:
-        audit = (
-            await connection.execute(
-                text("SELECT subject_type, subject_id FROM email_events ORDER BY subject_type")
-            )
-        ).all()
-    assert [tuple(row) for row in audit] == [("document", UUID_DOCUMENT), ("tenant", "T-1")]
+    assert await audit_subjects(engine) == [("document", UUID_DOCUMENT), ("tenant", "T-1")]

@@ -4,9 +4,11 @@ The live endpoint and replay both run through here. The caller owns the
 session and commits once this returns, so the token, the stored event, the
 audit events and the status changes become durable together or not at all.
 
-The work is synchronous code on a `Session`. The endpoint runs a batch of
-events in one call (`ingest_batch`); async callers use the wrappers that go
-through `AsyncSession.run_sync`.
+The work is synchronous code on a `Session`. The endpoint's writers apply a
+batch of posts with `apply_batch` and, when that fails, post by post with
+`apply_each`; `ingest_batch` combines the two inside a savepoint. Replay and
+tracking use `reprocess_stored_event`. Async callers go through
+`AsyncSession.run_sync`.
 """
 
 from __future__ import annotations

@@ -84,9 +84,10 @@ class SubjectTable:
     managed: bool = True
 
 
-# NOTE: on SQLite, "uuid" ids are bound as 32 hex digits, as SQLAlchemy stores
-# them there, so a table holding dashed UUID text gets its audit rows but no
-# status update; map such a column as "text" until the binding keeps the text.
+# NOTE: On SQLite, "uuid" ids are bound as 32 hex digits, the form SQLAlchemy
+# stores there. A table holding dashed UUID text therefore gets its audit rows
+# but no status update. Map such a column as "text" until the binding keeps
+# the stored text.
 _ID_TYPES: dict[str, TypeEngine[Any]] = {
     "text": String(255),
     "integer": BigInteger(),

@@ -73,23 +73,33 @@ class MemoryTrace:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--database",
+        choices=["sqlite", "postgresql"],
+        default="sqlite",
+        help="database behind mgwebhook serve: a temporary SQLite file or PostgreSQL",
+    )
     parser.add_argument(
         "--postgres-url",
         default="postgresql+asyncpg://postgres@127.0.0.1:5432/test",
-        help="server and database used with --database postgresql (default: %(default)s); "
-        "a database named mgwebhook_bench is created on it and dropped afterwards",
+        help="server used with --database postgresql; a database named mgwebhook_bench "
+        "is created on it and dropped afterwards",
     )
     parser.add_argument("--rows", type=int, default=10_000, help="tracked documents to seed")
     parser.add_argument(
         "--stored-events", type=int, default=0, help="stored events and audit rows to seed"
     )
-    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--connections", type=int, default=32, help="wrk connections, each one request at a time"
+    )
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--duration", type=int, default=30, help="seconds per wrk run")
     parser.add_argument("--workers", type=int, default=1, help="mgwebhook serve --workers")
-    parser.add_argument("--skip-bare", action="store_true", help="do not measure the baseline")
+    parser.add_argument("--skip-bare", action="store_true", help="do not measure the bare handler")
     parser.add_argument(
         "--ceiling",
         action="store_true",

@@ -44,15 +44,15 @@ def send_test(
     message_id: Annotated[
         str | None,
         typer.Option(
-            help="Message id the event is for, to update a tracked row [default: a new random id].",
+            help="Message id the event is for, to update a tracked row (default: a new random id).",
             show_default=False,
         ),
     ] = None,
     url: Annotated[
         str | None,
         typer.Option(
-            help="Webhook URL to post to [default: http://HOST:PORT/v1/mailgun/webhook "
-            "from the [server] settings].",
+            help="Webhook URL to post to (default: http://HOST:PORT/v1/mailgun/webhook "
+            "with the host and port of the server settings).",
             show_default=False,
         ),
     ] = None,

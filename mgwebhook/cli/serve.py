@@ -20,29 +20,29 @@ logger = logging.getLogger("mgwebhook")
 def serve(
     host: Annotated[
         str | None,
-        typer.Option(help="Address to listen on [default: 127.0.0.1].", show_default=False),
+        typer.Option(help="Address to listen on (default: 127.0.0.1).", show_default=False),
     ] = None,
     port: Annotated[
-        int | None, typer.Option(help="TCP port to listen on [default: 8080].", show_default=False)
+        int | None, typer.Option(help="TCP port to listen on (default: 8080).", show_default=False)
     ] = None,
     metrics_port: Annotated[
         int | None,
         typer.Option(
-            help="TCP port that serves only GET /metrics; 0 serves it on --port [default: 0].",
+            help="TCP port that serves only GET /metrics; 0 serves it on --port (default: 0).",
             show_default=False,
         ),
     ] = None,
     log_format: Annotated[
         str | None,
         typer.Option(
-            help="Log output: text, or json for one object per line [default: text].",
+            help="Log output: text, or json for one object per line (default: text).",
             show_default=False,
         ),
     ] = None,
     log_level: Annotated[
         str | None,
         typer.Option(
-            help="Lowest level logged: DEBUG, INFO, WARNING or ERROR [default: INFO].",
+            help="Lowest level logged: DEBUG, INFO, WARNING or ERROR (default: INFO).",
             show_default=False,
         ),
     ] = None,

@@ -81,6 +81,28 @@ async def test_killed_worker_stops_the_others(database_url, tmp_path):
         await engine.dispose()
 
 
+async def test_each_worker_serves_metrics_on_its_own_port(database_url, tmp_path):
+    env = service_env(database_url)
+    engine = await prepare_database(database_url, env)
+    metrics_port = free_port()
+    arguments = ["--workers", str(WORKERS), "--metrics-port", str(metrics_port)]
+    service = ServiceProcess(tmp_path / "serve.log", env, arguments=arguments)
+    try:
+        await service.start_and_wait()
+        statuses = []
+        async with aiohttp.ClientSession() as session:
+            for port in (metrics_port, metrics_port + 1):
+                async with session.get(f"http://{HOST}:{port}/metrics") as reply:
+                    text = await reply.text()
+                    statuses.append((reply.status, "mgwebhook_webhook_requests_total" in text))
+        assert statuses == [(200, True), (200, True)]
+        service.send_signal(signal.SIGTERM)
+        assert await service.wait_exit() == 0
+    finally:
+        service.stop()
+        await engine.dispose()
+
+
 def test_taken_port_fails_before_workers_start(tmp_path):
     port = free_port()
     env = service_env(f"sqlite+aiosqlite:///{tmp_path / 'mgwebhook.db'}")

@@ -58,6 +58,7 @@ def serve(
     """Run the webhook endpoint at POST /v1/mailgun/webhook."""
     # Imported here so that other commands do not load the server.
     from mgwebhook.server.startup import schema_problem
+    from mgwebhook.server.supervisor import worker_metrics_port
     from mgwebhook.server.workers import check_port, run_server, run_workers
 
     overrides = {
@@ -96,6 +97,9 @@ def serve(
         if workers > 1:
             # The supervisor replaces this process and logs when it stops.
             check_port(settings.server.host, settings.server.port)
+            for number in range(workers):
+                if worker_metrics_port(settings, number):
+                    check_port(settings.server.host, worker_metrics_port(settings, number))
             run_workers(settings, keys, workers)
         else:
             run_server(settings, keys)

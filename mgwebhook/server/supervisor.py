@@ -22,8 +22,10 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from types import FrameType
 
+from mgwebhook.config import Settings
 from mgwebhook.logs import configure_logging
 
 logger = logging.getLogger("mgwebhook")
@@ -32,15 +34,18 @@ WORKER_MODULE = "mgwebhook.server.workers"
 POLL_SECONDS = 0.2
 
 
-def supervise(settings_blob: bytes, count: int) -> int:
+def supervise(settings: Settings, keys: list[bytes], count: int) -> int:
     """Run `count` workers until they have all exited; return the exit code for the parent.
 
-    `settings_blob` is the pickled (settings, signing keys) pair each worker
-    reads. The code is that of the first worker that exited on its own with
-    an error (a negative code, death by a signal, counts as the signal number),
-    or else the highest code of the workers.
+    Each worker gets the settings and keys on its standard input. With a
+    separate metrics port, worker N serves /metrics on that port plus N, since
+    each process counts its own requests.
+
+    The code is that of the first worker that exited on its own with an error
+    (a negative code, death by a signal, counts as the signal number), or else
+    the highest code of the workers.
     """
-    workers = [_start_worker(settings_blob, number) for number in range(count)]
+    workers = [_start_worker(settings, keys, number) for number in range(count)]
     stopping = False
     first_failure: int | None = None
 
@@ -71,22 +76,30 @@ def supervise(settings_blob: bytes, count: int) -> int:
     return max(abs(worker.returncode or 0) for worker in workers)
 
 
-def _start_worker(settings_blob: bytes, number: int) -> subprocess.Popen[bytes]:
+def _start_worker(settings: Settings, keys: list[bytes], number: int) -> subprocess.Popen[bytes]:
+    port = worker_metrics_port(settings, number)
+    own = replace(settings, server=replace(settings.server, metrics_port=port))
     worker = subprocess.Popen([sys.executable, "-m", WORKER_MODULE], stdin=subprocess.PIPE)
     assert worker.stdin is not None
-    worker.stdin.write(settings_blob)
+    worker.stdin.write(pickle.dumps((own, keys)))
     worker.stdin.close()
     logger.debug("started worker %d (pid %d)", number, worker.pid)
     return worker
+
+
+def worker_metrics_port(settings: Settings, number: int) -> int:
+    """Return the /metrics port of worker `number`: 0 (the main port) or its own port."""
+    base = settings.server.metrics_port
+    return base + number if base else 0
 
 
 def main() -> None:
     descriptor, count = int(sys.argv[1]), int(sys.argv[2])
     with os.fdopen(descriptor, "rb") as source:
         settings_blob = source.read()
-    settings, _keys = pickle.loads(settings_blob)
+    settings, keys = pickle.loads(settings_blob)
     configure_logging(settings.logging.level, settings.logging.format)
-    code = supervise(settings_blob, count)
+    code = supervise(settings, keys, count)
     logger.info("mgwebhook stopped")
     sys.exit(code)
 

@@ -27,6 +27,14 @@ WORKERS = 2
 POSTS = 20
 
 
+def listening(port: int) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 def children(pid: int) -> list[int]:
     text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
     return [int(child) for child in text.split()]
@@ -90,11 +98,15 @@ async def test_each_worker_serves_metrics_on_its_own_port(database_url, tmp_path
     try:
         await service.start_and_wait()
         statuses = []
-        async with aiohttp.ClientSession() as session:
-            for port in (metrics_port, metrics_port + 1):
-                async with session.get(f"http://{HOST}:{port}/metrics") as reply:
-                    text = await reply.text()
-                    statuses.append((reply.status, "mgwebhook_webhook_requests_total" in text))
+        for port in (metrics_port, metrics_port + 1):
+            # The workers start independently, so each port may open a little later.
+            await wait_until(lambda port=port: listening(port), f"port {port} listens")
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"http://{HOST}:{port}/metrics") as reply,
+            ):
+                text = await reply.text()
+                statuses.append((reply.status, "mgwebhook_webhook_requests_total" in text))
         assert statuses == [(200, True), (200, True)]
         service.send_signal(signal.SIGTERM)
         assert await service.wait_exit() == 0

@@ -349,14 +349,19 @@ def child_pids(pid: int) -> list[int]:
     return [int(child) for child in children]
 
 
-def measure_mgwebhook(args, database_url: str, bodies: Path) -> tuple[WrkResult, MemoryTrace]:
-    port = free_port()
-    env = {
+def server_env(database_url: str) -> dict[str, str]:
+    """Return the environment of an mgwebhook server process: key, database, WARNING logs."""
+    return {
         **os.environ,
         "MAILGUN_WEBHOOK_SIGNING_KEY": SIGNING_KEY,
         "MGWEBHOOK_DATABASE_URL": database_url,
         "MGWEBHOOK_LOGGING_LEVEL": "WARNING",
     }
+
+
+def measure_mgwebhook(args, database_url: str, bodies: Path) -> tuple[WrkResult, MemoryTrace]:
+    port = free_port()
+    env = server_env(database_url)
     command = [sys.executable, "-m", "mgwebhook", "serve", "--port", str(port)]
     if args.workers > 1:
         command += ["--workers", str(args.workers)]
@@ -432,12 +437,7 @@ def measure_bare(args, bodies: Path) -> WrkResult:
 
 
 def measure_ceiling(args, database_url: str, bodies: Path) -> WrkResult:
-    env = {
-        **os.environ,
-        "MAILGUN_WEBHOOK_SIGNING_KEY": SIGNING_KEY,
-        "MGWEBHOOK_DATABASE_URL": database_url,
-        "MGWEBHOOK_LOGGING_LEVEL": "WARNING",
-    }
+    env = server_env(database_url)
     return measure_script(args, "ceiling_server.py", env, bodies)
 
 

@@ -72,8 +72,8 @@ class IngestSettings:
     max_batch_size: int = 200
     # Concurrent writer transactions on PostgreSQL. SQLite has one writer at a
     # time, whatever the value. With the database on the same host, 2 gave
-    # about 12 % more events/s than 4 (larger batches); a database farther
-    # away may need more to hide its round trips.
+    # about 12 % more events/s than 4, because batches grew larger. A database
+    # farther away may need more writers to hide its round trips.
     writers: int = 2
 
 

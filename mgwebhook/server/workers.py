@@ -41,8 +41,9 @@ def check_port(host: str, port: int) -> None:
 def run_workers(settings: Settings, keys: list[bytes], count: int) -> NoReturn:
     """Replace this process with the supervisor of `count` server processes on one port.
 
-    See mgwebhook.server.supervisor. The settings and keys go through a pipe,
-    so they never appear on a command line.
+    See mgwebhook.server.supervisor. The settings and keys go through an
+    in-memory file (a pipe outside Linux), so they never appear on a command
+    line.
     """
     descriptor = _settings_descriptor(pickle.dumps((settings, keys)))
     sys.stdout.flush()
@@ -55,8 +56,8 @@ def _settings_descriptor(blob: bytes) -> int:
     """Return an inheritable file descriptor positioned at the start of `blob`.
 
     Linux keeps the bytes in an anonymous memory file, so neither the size of
-    the settings nor the disk is a concern; elsewhere a pipe carries them,
-    which works while they fit in the pipe's buffer (64 KiB on macOS).
+    the settings nor the disk is a concern. Elsewhere a pipe carries them, and
+    the write blocks if they do not fit in the pipe's buffer.
     """
     if hasattr(os, "memfd_create"):
         descriptor = os.memfd_create("mgwebhook-settings", 0)

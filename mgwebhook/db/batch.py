@@ -34,6 +34,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import FromClause
 
+from mgwebhook.db.driver import DriverStatement
 from mgwebhook.db.schema import (
     SUBJECT_TABLES,
     SubjectTable,
@@ -46,6 +47,8 @@ from mgwebhook.db.schema import (
 TOKEN_COLUMNS = ("token", "fingerprint", "signed_at", "received_at")
 EVENT_COLUMNS = tuple(c.key for c in webhook_events.columns if c.key != "id")
 AUDIT_COLUMNS = tuple(c.key for c in email_events.columns if c.key != "id")
+# The audit trail has each Mailgun event once per subject.
+AUDIT_KEY = ("subject_type", "subject_id", "mailgun_event_id")
 
 
 @dataclass(frozen=True)
@@ -89,13 +92,22 @@ def claim_tokens(session: Session, uses: list[TokenUse], now: datetime) -> dict[
         }
         for use in sorted(uses, key=lambda use: use.token)
     ]
-    parameters = _bulk(dialect, rows, TOKEN_COLUMNS)
-    claimed = set(connection.execute(statements["claim_tokens"], parameters).scalars())
+    if dialect == "postgresql":
+        parameters = _bulk(dialect, rows, TOKEN_COLUMNS)
+        claimed = set(connection.execute(statements["claim_tokens"], parameters).scalars())
+    else:
+        statement = _sqlite_rows("claim_tokens", len(rows))
+        claimed = {token for (token,) in statement.fetch(session, _numbered(rows))}
     already_used: list[str] = [row["token"] for row in rows if row["token"] not in claimed]
     stored: dict[str, str | None] = dict.fromkeys(claimed)
     if already_used:
-        result = connection.execute(statements["token_fingerprints"], {"tokens": already_used})
-        found: dict[str, str] = {token: fingerprint for token, fingerprint in result}
+        found: dict[str, str]
+        if dialect == "postgresql":
+            result = connection.execute(statements["token_fingerprints"], {"tokens": already_used})
+            found = {token: fingerprint for token, fingerprint in result}
+        else:
+            statement = _sqlite_list("token_fingerprints", len(already_used))
+            found = dict(statement.fetch(session, _listed("token", already_used)))
         stored.update({token: found.get(token, "") for token in already_used})
     return stored
 
@@ -105,8 +117,12 @@ def insert_webhook_events(session: Session, rows: list[dict[str, Any]]) -> dict[
     if not rows:
         return {}
     dialect, statements = _statements(session)
-    parameters = _bulk(dialect, rows, EVENT_COLUMNS)
-    result = session.connection().execute(statements["insert_events"], parameters)
+    result: Iterable[Any]
+    if dialect == "postgresql":
+        parameters = _bulk(dialect, rows, EVENT_COLUMNS)
+        result = session.connection().execute(statements["insert_events"], parameters)
+    else:
+        result = _sqlite_rows("insert_events", len(rows)).fetch(session, _numbered(rows))
     return {token: int(event_id) for event_id, token in result}
 
 
@@ -127,10 +143,16 @@ def lock_subjects_of(session: Session, message_ids: Iterable[str]) -> dict[str, 
     found: dict[str, list[SubjectRow]] = {}
     if not requested:
         return found
-    _, statements = _statements(session)
+    dialect, statements = _statements(session)
     connection = session.connection()
     for subject_type in SUBJECT_TABLES:
-        result = connection.execute(statements[f"lock_{subject_type}"], {"message_ids": requested})
+        result: Iterable[Any]
+        if dialect == "postgresql":
+            parameters = {"message_ids": requested}
+            result = connection.execute(statements[f"lock_{subject_type}"], parameters)
+        else:
+            statement = _sqlite_list(f"lock_{subject_type}", len(requested))
+            result = statement.fetch(session, _listed("message_id", requested))
         for key, status, message_id in result:
             row = SubjectRow(subject_type, str(key), status, message_id, key=key)
             found.setdefault(message_id, []).append(row)
@@ -178,12 +200,15 @@ def recorded_events(
     requested = set(triples)
     found = set()
     for subject_type in sorted({triple[0] for triple in triples}):
-        lists: dict[str, Any] = {
+        subject_ids = sorted({t[1] for t in triples if t[0] == subject_type})
+        event_keys = sorted({t[2] for t in triples if t[0] == subject_type})
+        statement = _sqlite_recorded_events(len(subject_ids), len(event_keys))
+        named = {
             "subject_type": subject_type,
-            "subject_ids": sorted({t[1] for t in triples if t[0] == subject_type}),
-            "event_keys": sorted({t[2] for t in triples if t[0] == subject_type}),
+            **_listed("subject_id", subject_ids),
+            **_listed("event_key", event_keys),
         }
-        for subject_id, key in connection.execute(statements["recorded_events"], lists):
+        for subject_id, key in statement.fetch(session, named):
             found.add((subject_type, subject_id, key))
     return found & requested
 
@@ -193,6 +218,8 @@ def insert_audit_events(session: Session, rows: list[dict[str, Any]]) -> int:
     if not rows:
         return 0
     dialect, statements = _statements(session)
+    if dialect != "postgresql":
+        return len(_sqlite_rows("insert_audits", len(rows)).fetch(session, _numbered(rows)))
     parameters = _bulk(dialect, rows, AUDIT_COLUMNS)
     return len(session.connection().execute(statements["insert_audits"], parameters).all())
 
@@ -208,13 +235,12 @@ def set_subject_statuses(
     dialect, statements = _statements(session)
     connection = session.connection()
     for subject_type, rows in by_type.items():
-        statement = statements[f"set_status_{subject_type}"]
-        if dialect == "postgresql":
-            parameters: Any = _bulk(dialect, rows, ("subject_key", "new_status"))
-            parameters["updated_at"] = now
-        else:
-            parameters = rows
-        connection.execute(statement, parameters)
+        if dialect != "postgresql":
+            _sqlite_statements(_subjects())[f"set_status_{subject_type}"].run_many(session, rows)
+            continue
+        parameters = _bulk(dialect, rows, ("subject_key", "new_status"))
+        parameters["updated_at"] = now
+        connection.execute(statements[f"set_status_{subject_type}"], parameters)
 
 
 def _bulk(dialect: str, rows: list[dict[str, Any]], columns: Iterable[str]) -> Any:
@@ -224,48 +250,121 @@ def _bulk(dialect: str, rows: list[dict[str, Any]], columns: Iterable[str]) -> A
     return {f"{name}_values": [row[name] for row in rows] for name in columns}
 
 
+def _subjects() -> tuple[SubjectTable, ...]:
+    return tuple(SUBJECT_TABLES.values())
+
+
 def _statements(session: Session) -> tuple[str, dict[str, Any]]:
+    """Return the session's dialect name and, for PostgreSQL, its statements."""
     dialect = session.get_bind().dialect.name
-    subjects = tuple(SUBJECT_TABLES.values())
     if dialect == "postgresql":
-        return dialect, _postgresql_statements(subjects)
-    return dialect, _sqlite_statements(subjects)
+        return dialect, _postgresql_statements(_subjects())
+    return dialect, {}
+
+
+# SQLite statements run on the driver's connection (see `mgwebhook.db.driver`).
+# A list of values or rows gets one placeholder per value, so each statement is
+# compiled once per length. SQLite uses the indexes for `IN` lists of any length.
+_SQLITE = sqlite.dialect()
+_SQLITE_CACHE_SIZE = 2048
+ROW_STATEMENTS = {
+    "claim_tokens": (webhook_tokens, TOKEN_COLUMNS),
+    "insert_events": (webhook_events, EVENT_COLUMNS),
+    "insert_audits": (email_events, AUDIT_COLUMNS),
+}
+
+
+def _numbered(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Name each value of several rows as `_sqlite_rows` numbers its placeholders."""
+    return {
+        f"{name}_{index}": value for index, row in enumerate(rows) for name, value in row.items()
+    }
+
+
+def _listed(name: str, values: Iterable[Any]) -> dict[str, Any]:
+    """Name each value of a list as `_in_list` numbers its placeholders."""
+    return {f"{name}_{index}": value for index, value in enumerate(values)}
+
+
+def _in_list(name: str, count: int, like: Any) -> list[Any]:
+    return [bindparam(f"{name}_{index}", type_=like.type) for index in range(count)]
+
+
+@functools.lru_cache(maxsize=_SQLITE_CACHE_SIZE)
+def _sqlite_rows(name: str, count: int) -> DriverStatement:
+    """Return an insert of `count` rows, with placeholders named column_row."""
+    table, columns = ROW_STATEMENTS[name]
+    rows = [
+        {column: bindparam(f"{column}_{index}", type_=table.c[column].type) for column in columns}
+        for index in range(count)
+    ]
+    statement: Any
+    if name == "claim_tokens":
+        statement = (
+            sqlite.insert(table)
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=["token"])
+            .returning(table.c.token)
+        )
+    elif name == "insert_events":
+        statement = table.insert().values(rows).returning(table.c.id, table.c.token)
+    else:
+        statement = (
+            sqlite.insert(table)
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=list(AUDIT_KEY))
+            .returning(table.c.id)
+        )
+    return DriverStatement.compile(statement, _SQLITE)
+
+
+def _sqlite_list(name: str, count: int) -> DriverStatement:
+    """Return a lookup by a list of `count` values."""
+    return _sqlite_list_for(_subjects(), name, count)
+
+
+@functools.lru_cache(maxsize=_SQLITE_CACHE_SIZE)
+def _sqlite_list_for(subjects: tuple[SubjectTable, ...], name: str, count: int) -> DriverStatement:
+    statement: Any
+    if name == "token_fingerprints":
+        tokens = webhook_tokens.c.token
+        statement = select(tokens, webhook_tokens.c.fingerprint).where(
+            tokens.in_(_in_list("token", count, tokens))
+        )
+    else:
+        [subject] = [subject for subject in subjects if name == f"lock_{subject.kind}"]
+        normalised = normalised_message_id(subject.message_id)
+        statement = (
+            select(subject.id, subject.status, normalised)
+            .where(normalised.in_(_in_list("message_id", count, normalised)))
+            .order_by(subject.id)
+        )
+    return DriverStatement.compile(statement, _SQLITE)
+
+
+@functools.lru_cache(maxsize=_SQLITE_CACHE_SIZE)
+def _sqlite_recorded_events(ids: int, keys: int) -> DriverStatement:
+    """Return the lookup of audit rows of one subject type by `ids` ids and `keys` event keys."""
+    subject_id, event_key = email_events.c.subject_id, email_events.c.mailgun_event_id
+    statement = select(subject_id, event_key).where(
+        email_events.c.subject_type == bindparam("subject_type"),
+        subject_id.in_(_in_list("subject_id", ids, subject_id)),
+        event_key.in_(_in_list("event_key", keys, event_key)),
+    )
+    return DriverStatement.compile(statement, _SQLITE)
 
 
 @functools.cache
-def _sqlite_statements(subjects: tuple[SubjectTable, ...]) -> dict[str, Any]:
-    statements: dict[str, Any] = {
-        "claim_tokens": sqlite.insert(webhook_tokens)
-        .on_conflict_do_nothing(index_elements=["token"])
-        .returning(webhook_tokens.c.token),
-        "token_fingerprints": select(webhook_tokens.c.token, webhook_tokens.c.fingerprint).where(
-            webhook_tokens.c.token.in_(bindparam("tokens", expanding=True))
-        ),
-        "insert_events": webhook_events.insert().returning(
-            webhook_events.c.id, webhook_events.c.token
-        ),
-        "insert_audits": sqlite.insert(email_events)
-        .on_conflict_do_nothing(index_elements=["subject_type", "subject_id", "mailgun_event_id"])
-        .returning(email_events.c.id),
-        "recorded_events": select(email_events.c.subject_id, email_events.c.mailgun_event_id).where(
-            email_events.c.subject_type == bindparam("subject_type"),
-            email_events.c.subject_id.in_(bindparam("subject_ids", expanding=True)),
-            email_events.c.mailgun_event_id.in_(bindparam("event_keys", expanding=True)),
-        ),
-    }
+def _sqlite_statements(subjects: tuple[SubjectTable, ...]) -> dict[str, DriverStatement]:
+    statements = {}
     for subject in subjects:
         values: dict[str, Any] = {subject.status.key: bindparam("new_status")}
         if subject.status_updated_at is not None:
             values[subject.status_updated_at.key] = bindparam("updated_at")
-        statements[f"set_status_{subject.kind}"] = (
+        statement = (
             update(subject.table).where(subject.id == bindparam("subject_key")).values(values)
         )
-        normalised = normalised_message_id(subject.message_id)
-        statements[f"lock_{subject.kind}"] = (
-            select(subject.id, subject.status, normalised)
-            .where(normalised.in_(bindparam("message_ids", expanding=True)))
-            .order_by(subject.id)
-        )
+        statements[f"set_status_{subject.kind}"] = DriverStatement.compile(statement, _SQLITE)
     return statements
 
 
@@ -287,7 +386,7 @@ def _postgresql_statements(subjects: tuple[SubjectTable, ...]) -> dict[str, Any]
         .returning(webhook_events.c.id, webhook_events.c.token),
         "insert_audits": postgresql.insert(email_events)
         .from_select(list(AUDIT_COLUMNS), select(*_unnest(email_events, AUDIT_COLUMNS).c))
-        .on_conflict_do_nothing(index_elements=["subject_type", "subject_id", "mailgun_event_id"])
+        .on_conflict_do_nothing(index_elements=list(AUDIT_KEY))
         .returning(email_events.c.id),
         "recorded_events": select(*_audit_key_columns()).join(
             audit_keys,

@@ -1,0 +1,96 @@
+"""The set-based statements as run on the driver's connection: values and errors."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from mgwebhook.db import batch
+from mgwebhook.db.engine import session_factory
+from mgwebhook.db.repository import as_utc
+from mgwebhook.db.schema import webhook_events
+
+RECEIVED = datetime(2026, 12, 4, 12, 0, 0, 123456, tzinfo=UTC)
+SECRET_REASON = "reason-that-must-not-reach-the-error-text"
+
+
+def event_row(token: str, index: int) -> dict:
+    return {
+        "received_at": RECEIVED,
+        "token": token,
+        "payload_format": "json",
+        "raw_payload": "{}",
+        "event": "delivered",
+        "mailgun_event_id": f"event-{index}",
+        "message_id": f"message-{index}@example.com",
+        "recipient": None,
+        "severity": None,
+        "reason": None,
+        "delivery_code": index,
+        "occurred_at": None,
+        "outcome": "applied",
+        "detail": "",
+        "processed_at": RECEIVED,
+    }
+
+
+def audit_row(webhook_event_id: int) -> dict:
+    return {
+        "subject_type": "document",
+        "subject_id": "INV-1",
+        "event_type": "EMAIL_DELIVERED",
+        "mailgun_event": "delivered",
+        "mailgun_event_id": "event-1",
+        "message_id": "message-1@example.com",
+        "occurred_at": RECEIVED,
+        "recipient": None,
+        "severity": None,
+        "reason": SECRET_REASON,
+        "delivery_code": 250,
+        "status_before": "SENT",
+        "status_after": "DELIVERED",
+        "status_changed": True,
+        "webhook_event_id": webhook_event_id,
+        "created_at": RECEIVED,
+    }
+
+
+async def test_inserted_rows_read_back(engine: AsyncEngine):
+    rows = [event_row(f"token-{index}", index) for index in range(3)]
+    async with session_factory(engine)() as session, session.begin():
+        ids = await session.run_sync(batch.insert_webhook_events, rows)
+
+    assert sorted(ids) == ["token-0", "token-1", "token-2"]
+    async with engine.connect() as connection:
+        result = await connection.execute(
+            select(
+                webhook_events.c.id,
+                webhook_events.c.token,
+                webhook_events.c.received_at,
+                webhook_events.c.delivery_code,
+                webhook_events.c.occurred_at,
+            ).order_by(webhook_events.c.id)
+        )
+        # SQLite stores timestamps without their zone, all in UTC.
+        stored = [(id_, token, as_utc(at), code, on) for id_, token, at, code, on in result]
+    assert stored == [
+        (ids["token-0"], "token-0", RECEIVED, 0, None),
+        (ids["token-1"], "token-1", RECEIVED, 1, None),
+        (ids["token-2"], "token-2", RECEIVED, 2, None),
+    ]
+
+
+async def test_driver_error_as_sqlalchemy_error(engine: AsyncEngine):
+    async with session_factory(engine)() as session, session.begin():
+        with pytest.raises(IntegrityError) as raised:
+            await session.run_sync(batch.insert_audit_events, [audit_row(999_999)])
+        await session.rollback()
+
+    assert "FOREIGN KEY" in str(raised.value.orig).upper()
+    if engine.dialect.name == "sqlite":
+        # The driver path never puts the values of a failed statement into the error.
+        assert SECRET_REASON not in str(raised.value)

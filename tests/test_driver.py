@@ -91,6 +91,4 @@ async def test_driver_error_as_sqlalchemy_error(engine: AsyncEngine):
         await session.rollback()
 
     assert "FOREIGN KEY" in str(raised.value.orig).upper()
-    if engine.dialect.name == "sqlite":
-        # The driver path never puts the values of a failed statement into the error.
-        assert SECRET_REASON not in str(raised.value)
+    assert SECRET_REASON not in str(raised.value)

@@ -1,10 +1,11 @@
 """Set-based statements of the ingest path: one statement per table and step for a whole batch.
 
 Every function takes the caller's session and never commits. The statements
-are built once per dialect and take their rows as execution parameters:
+are compiled once and run on the session's driver connection
+(`mgwebhook.db.driver`), with the rows as parameters:
 
-- SQLite gets one parameter set per row (SQLAlchemy sends a multi-row INSERT
-  or an executemany) and `IN` lists.
+- SQLite gets multi-row INSERTs and `IN` lists, with one placeholder per
+  value, and an executemany for the status updates.
 - PostgreSQL gets one array per column, unpacked with `unnest`, and `= ANY`.
   The SQL text is then the same whatever the batch size, so asyncpg prepares
   each statement once per connection instead of once per batch size.
@@ -20,13 +21,14 @@ from typing import Any
 
 from sqlalchemy import (
     Column,
+    Dialect,
     Table,
     and_,
     any_,
     bindparam,
     column,
     func,
-    literal,
+    literal_column,
     select,
     update,
 )
@@ -82,7 +84,6 @@ def claim_tokens(session: Session, uses: list[TokenUse], now: datetime) -> dict[
     if not uses:
         return {}
     dialect, statements = _statements(session)
-    connection = session.connection()
     rows: list[dict[str, Any]] = [
         {
             "token": use.token,
@@ -94,7 +95,7 @@ def claim_tokens(session: Session, uses: list[TokenUse], now: datetime) -> dict[
     ]
     if dialect == "postgresql":
         parameters = _bulk(dialect, rows, TOKEN_COLUMNS)
-        claimed = set(connection.execute(statements["claim_tokens"], parameters).scalars())
+        claimed = {token for (token,) in statements["claim_tokens"].fetch(session, parameters)}
     else:
         statement = _sqlite_rows("claim_tokens", len(rows))
         claimed = {token for (token,) in statement.fetch(session, _numbered(rows))}
@@ -103,8 +104,8 @@ def claim_tokens(session: Session, uses: list[TokenUse], now: datetime) -> dict[
     if already_used:
         found: dict[str, str]
         if dialect == "postgresql":
-            result = connection.execute(statements["token_fingerprints"], {"tokens": already_used})
-            found = {token: fingerprint for token, fingerprint in result}
+            parameters = {"tokens": already_used}
+            found = dict(statements["token_fingerprints"].fetch(session, parameters))
         else:
             statement = _sqlite_list("token_fingerprints", len(already_used))
             found = dict(statement.fetch(session, _listed("token", already_used)))
@@ -117,10 +118,9 @@ def insert_webhook_events(session: Session, rows: list[dict[str, Any]]) -> dict[
     if not rows:
         return {}
     dialect, statements = _statements(session)
-    result: Iterable[Any]
     if dialect == "postgresql":
         parameters = _bulk(dialect, rows, EVENT_COLUMNS)
-        result = session.connection().execute(statements["insert_events"], parameters)
+        result = statements["insert_events"].fetch(session, parameters)
     else:
         result = _sqlite_rows("insert_events", len(rows)).fetch(session, _numbered(rows))
     return {token: int(event_id) for event_id, token in result}
@@ -144,16 +144,14 @@ def lock_subjects_of(session: Session, message_ids: Iterable[str]) -> dict[str, 
     if not requested:
         return found
     dialect, statements = _statements(session)
-    connection = session.connection()
     for subject_type in SUBJECT_TABLES:
-        result: Iterable[Any]
         if dialect == "postgresql":
+            statement = statements[f"lock_{subject_type}"]
             parameters = {"message_ids": requested}
-            result = connection.execute(statements[f"lock_{subject_type}"], parameters)
         else:
             statement = _sqlite_list(f"lock_{subject_type}", len(requested))
-            result = statement.fetch(session, _listed("message_id", requested))
-        for key, status, message_id in result:
+            parameters = _listed("message_id", requested)
+        for key, status, message_id in statement.fetch(session, parameters):
             row = SubjectRow(subject_type, str(key), status, message_id, key=key)
             found.setdefault(message_id, []).append(row)
     return found
@@ -170,9 +168,8 @@ def lock_rows_only(session: Session, message_ids: Iterable[str]) -> None:
     dialect, statements = _statements(session)
     if not requested or dialect != "postgresql":
         return
-    connection = session.connection()
     for subject_type in SUBJECT_TABLES:
-        connection.execute(statements[f"lock_only_{subject_type}"], {"message_ids": requested})
+        statements[f"lock_only_{subject_type}"].fetch(session, {"message_ids": requested})
 
 
 def recorded_events(
@@ -187,14 +184,13 @@ def recorded_events(
     if not triples:
         return set()
     dialect, statements = _statements(session)
-    connection = session.connection()
     if dialect == "postgresql":
         parameters = {
             "subject_type_values": [triple[0] for triple in triples],
             "subject_id_values": [triple[1] for triple in triples],
             "event_key_values": [triple[2] for triple in triples],
         }
-        return {tuple(row) for row in connection.execute(statements["recorded_events"], parameters)}
+        return {tuple(row) for row in statements["recorded_events"].fetch(session, parameters)}
     # SQLite reads, per subject type, every pair of these ids and keys on the
     # unique index, and the pairs that are not candidates are dropped here.
     requested = set(triples)
@@ -221,7 +217,7 @@ def insert_audit_events(session: Session, rows: list[dict[str, Any]]) -> int:
     if dialect != "postgresql":
         return len(_sqlite_rows("insert_audits", len(rows)).fetch(session, _numbered(rows)))
     parameters = _bulk(dialect, rows, AUDIT_COLUMNS)
-    return len(session.connection().execute(statements["insert_audits"], parameters).all())
+    return len(statements["insert_audits"].fetch(session, parameters))
 
 
 def set_subject_statuses(
@@ -233,14 +229,14 @@ def set_subject_statuses(
         row = {"subject_key": key, "new_status": status, "updated_at": now}
         by_type.setdefault(subject_type, []).append(row)
     dialect, statements = _statements(session)
-    connection = session.connection()
     for subject_type, rows in by_type.items():
+        statement = statements[f"set_status_{subject_type}"]
         if dialect != "postgresql":
-            _sqlite_statements(_subjects())[f"set_status_{subject_type}"].run_many(session, rows)
+            statement.run_many(session, rows)
             continue
         parameters = _bulk(dialect, rows, ("subject_key", "new_status"))
         parameters["updated_at"] = now
-        connection.execute(statements[f"set_status_{subject_type}"], parameters)
+        statement.fetch(session, parameters)
 
 
 def _bulk(dialect: str, rows: list[dict[str, Any]], columns: Iterable[str]) -> Any:
@@ -254,12 +250,12 @@ def _subjects() -> tuple[SubjectTable, ...]:
     return tuple(SUBJECT_TABLES.values())
 
 
-def _statements(session: Session) -> tuple[str, dict[str, Any]]:
-    """Return the session's dialect name and, for PostgreSQL, its statements."""
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        return dialect, _postgresql_statements(_subjects())
-    return dialect, {}
+def _statements(session: Session) -> tuple[str, dict[str, DriverStatement]]:
+    """Return the session's dialect name and its statements of fixed text."""
+    dialect = session.get_bind().dialect
+    if dialect.name == "postgresql":
+        return dialect.name, _postgresql_statements(_subjects(), dialect)
+    return dialect.name, _sqlite_statements(_subjects())
 
 
 # SQLite statements run on the driver's connection (see `mgwebhook.db.driver`).
@@ -368,8 +364,18 @@ def _sqlite_statements(subjects: tuple[SubjectTable, ...]) -> dict[str, DriverSt
     return statements
 
 
-@functools.cache
-def _postgresql_statements(subjects: tuple[SubjectTable, ...]) -> dict[str, Any]:
+@functools.lru_cache(maxsize=16)
+def _postgresql_statements(
+    subjects: tuple[SubjectTable, ...], dialect: Dialect
+) -> dict[str, DriverStatement]:
+    """Return the PostgreSQL statements compiled for the engine's dialect (its driver)."""
+    return {
+        name: DriverStatement.compile(statement, dialect)
+        for name, statement in _postgresql_clauses(subjects).items()
+    }
+
+
+def _postgresql_clauses(subjects: tuple[SubjectTable, ...]) -> dict[str, Any]:
     tokens = _unnest(webhook_tokens, TOKEN_COLUMNS)
     token_rows = select(*tokens.c).order_by(tokens.c.token)
     audit_keys = _unnest(email_events, ("subject_type", "subject_id"), event_key="mailgun_event_id")
@@ -423,7 +429,7 @@ def _postgresql_statements(subjects: tuple[SubjectTable, ...]) -> dict[str, Any]
             .with_for_update()
         )
         statements[f"lock_only_{subject.kind}"] = (
-            select(literal(1))
+            select(literal_column("1"))
             .select_from(subject.table)
             .where(matching)
             .order_by(subject.id)

@@ -78,7 +78,9 @@ class DriverStatement:
 def _run(session: Session, sql: str, parameters: Sequence[Any], *, many: bool) -> list[Any]:
     connection = session.connection()
     dialect = connection.dialect
-    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    dbapi_connection = connection.connection.dbapi_connection
+    assert dbapi_connection is not None
+    cursor = dbapi_connection.cursor()
     try:
         if many:
             cursor.executemany(sql, parameters)
@@ -86,9 +88,20 @@ def _run(session: Session, sql: str, parameters: Sequence[Any], *, many: bool) -
         cursor.execute(sql, parameters)
         return list(cursor.fetchall()) if cursor.description else []
     except dialect.loaded_dbapi.Error as error:
-        # Raised as SQLAlchemy would, so callers handle one family of database errors.
-        raise DBAPIError.instance(
-            sql, None, error, dialect.loaded_dbapi.Error, hide_parameters=True, dialect=dialect
-        ) from error
+        # Raised and handled as SQLAlchemy would: callers see one family of
+        # errors, and a lost connection is discarded instead of reused.
+        lost = dialect.is_disconnect(error, dbapi_connection, cursor)
+        wrapped = DBAPIError.instance(
+            sql,
+            None,
+            error,
+            dialect.loaded_dbapi.Error,
+            hide_parameters=True,
+            connection_invalidated=lost,
+            dialect=dialect,
+        )
+        if lost:
+            connection.invalidate(wrapped)
+        raise wrapped from error
     finally:
         cursor.close()

@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import (
     Column,
     Dialect,
+    String,
     Table,
     and_,
     any_,
@@ -30,6 +31,7 @@ from sqlalchemy import (
     func,
     literal_column,
     select,
+    type_coerce,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -59,7 +61,8 @@ class SubjectRow:
     subject_id: str
     email_status: str | None
     email_message_id: str | None = None
-    # The id as the database returns it (text, integer or UUID); subject_id is its text.
+    # The id as the database returns it (text, integer or UUID; on SQLite the
+    # stored text itself), for updating the row. subject_id is its text.
     key: Any = None
 
 
@@ -151,8 +154,11 @@ def lock_subjects_of(session: Session, message_ids: Iterable[str]) -> dict[str, 
         else:
             statement = _sqlite_list(f"lock_{subject_type}", len(requested))
             parameters = _listed("message_id", requested)
-        for key, status, message_id in statement.fetch(session, parameters):
-            row = SubjectRow(subject_type, str(key), status, message_id, key=key)
+        for key, status, message_id, *stored in statement.fetch(session, parameters):
+            # SQLite also returns the id as stored, which the status update
+            # matches exactly, whatever the spelling of a UUID.
+            stored_key = stored[0] if stored else key
+            row = SubjectRow(subject_type, str(key), status, message_id, key=stored_key)
             found.setdefault(message_id, []).append(row)
     return found
 
@@ -260,7 +266,9 @@ def _statements(session: Session) -> tuple[str, dict[str, DriverStatement]]:
 
 # SQLite statements run on the driver's connection (see `mgwebhook.db.driver`).
 # A list of values or rows gets one placeholder per value, so each statement is
-# compiled once per length. SQLite uses the indexes for `IN` lists of any length.
+# compiled once per length. With such an `IN` list, SQLite finds the rows by
+# the message id index (as EXPLAIN QUERY PLAN shows), which a JSON array
+# parameter read with json_each did not always do.
 _SQLITE = sqlite.dialect()
 _SQLITE_CACHE_SIZE = 2048
 ROW_STATEMENTS = {
@@ -284,6 +292,16 @@ def _listed(name: str, values: Iterable[Any]) -> dict[str, Any]:
 
 def _in_list(name: str, count: int, like: Any) -> list[Any]:
     return [bindparam(f"{name}_{index}", type_=like.type) for index in range(count)]
+
+
+# A type that SQLite's dialect converts in neither direction: values pass as
+# the driver reads and writes them.
+_STORED = String()
+
+
+def _as_stored(column: Column[Any]) -> Any:
+    """Return the column as SQLite stores it, without its type's conversion."""
+    return type_coerce(column, _STORED).label(f"stored_{column.key}")
 
 
 @functools.lru_cache(maxsize=_SQLITE_CACHE_SIZE)
@@ -331,7 +349,7 @@ def _sqlite_list_for(subjects: tuple[SubjectTable, ...], name: str, count: int) 
         [subject] = [subject for subject in subjects if name == f"lock_{subject.kind}"]
         normalised = normalised_message_id(subject.message_id)
         statement = (
-            select(subject.id, subject.status, normalised)
+            select(subject.id, subject.status, normalised, _as_stored(subject.id))
             .where(normalised.in_(_in_list("message_id", count, normalised)))
             .order_by(subject.id)
         )
@@ -357,9 +375,8 @@ def _sqlite_statements(subjects: tuple[SubjectTable, ...]) -> dict[str, DriverSt
         values: dict[str, Any] = {subject.status.key: bindparam("new_status")}
         if subject.status_updated_at is not None:
             values[subject.status_updated_at.key] = bindparam("updated_at")
-        statement = (
-            update(subject.table).where(subject.id == bindparam("subject_key")).values(values)
-        )
+        stored_key = bindparam("subject_key", type_=_STORED)
+        statement = update(subject.table).where(subject.id == stored_key).values(values)
         statements[f"set_status_{subject.kind}"] = DriverStatement.compile(statement, _SQLITE)
     return statements
 

@@ -84,10 +84,10 @@ class SubjectTable:
     managed: bool = True
 
 
-# NOTE: On SQLite, "uuid" ids are bound as 32 hex digits, the form SQLAlchemy
-# stores there. A table holding dashed UUID text therefore gets its audit rows
-# but no status update. Map such a column as "text" until the binding keeps
-# the stored text.
+# NOTE: On SQLite, `track` and `history` bind a "uuid" id as 32 hex digits, the
+# form SQLAlchemy stores there, so they miss a row holding dashed UUID text.
+# Webhooks still update such a row, because they write back the id as read.
+# Map such a column as "text" until every lookup matches the stored text.
 _ID_TYPES: dict[str, TypeEngine[Any]] = {
     "text": String(255),
     "integer": BigInteger(),

@@ -202,7 +202,8 @@ async def seed(url: str, rows: int, stored_events: int) -> None:
     analyzed = ["documents"] + (
         ["webhook_tokens", "webhook_events", "email_events"] if stored_events else []
     )
-    async with engine.connect() as connection:
+    # begin() commits: ANALYZE run in a transaction that rolls back keeps no statistics.
+    async with engine.begin() as connection:
         for table in analyzed:
             await connection.execute(text(f"ANALYZE {table}"))
     if engine.dialect.name == "postgresql":

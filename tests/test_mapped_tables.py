@@ -13,8 +13,10 @@ from typer.testing import CliRunner
 
 from mgwebhook.cli.app import app
 from mgwebhook.config import SubjectMapping, SubjectSettings, load_settings
+from mgwebhook.db.check import STATISTICS_MIN_ROWS, check_subject_tables
 from mgwebhook.db.engine import create_engine, session_factory
 from mgwebhook.db.migrate import upgrade_schema
+from mgwebhook.db.schema import documents
 from mgwebhook.db.subjects import configure_subjects
 from mgwebhook.ingest import VerifiedWebhook, ingest_batch
 from mgwebhook.payloads import parse_body
@@ -281,3 +283,25 @@ async def test_case_variant_ids_share_one_audit_row(mixed_id_types, database_url
     assert await audit_subjects(engine) == [("document", UUID_DOCUMENT), ("tenant", "T-1")]
     # Each spelling is updated as stored.
     assert await states(engine, "docs") == ["DELIVERED", "DELIVERED"]
+
+
+async def test_check_names_table_without_statistics(engine, database_url):
+    rows = [
+        {"id": f"INV-{number}", "email_message_id": f"<m-{number}@mg>", "email_status": "SENT"}
+        for number in range(STATISTICS_MIN_ROWS)
+    ]
+    async with engine.begin() as connection:
+        await connection.execute(documents.insert(), rows)
+
+    problems = await check_subject_tables(engine)
+    if database_url.startswith("sqlite"):
+        # SQLite's planner takes the index without statistics.
+        assert problems == []
+        return
+    assert problems == [
+        "table 'documents' has at least 1000 rows but no planner statistics, so PostgreSQL "
+        "may read all of it for each batch of webhooks; run: ANALYZE documents"
+    ]
+    async with engine.begin() as connection:
+        await connection.execute(text("ANALYZE documents"))
+    assert await check_subject_tables(engine) == []

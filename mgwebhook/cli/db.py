@@ -55,7 +55,7 @@ def current(config: ConfigOption = None) -> None:
 
 @app.command("check")
 def check(config: ConfigOption = None) -> None:
-    """Check that the documents and tenants tables have the configured columns."""
+    """Check the documents and tenants tables: configured columns, and statistics on PostgreSQL."""
     from mgwebhook.db.check import check_subject_tables
 
     settings = settings_from(config)

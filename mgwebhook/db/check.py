@@ -1,10 +1,14 @@
-"""Checks that the configured subject tables have the columns mgwebhook needs."""
+"""Checks that the configured subject tables have the columns mgwebhook needs.
+
+On PostgreSQL it also checks that a table with rows has planner statistics:
+without them the message id lookup can read the whole table for each batch.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, inspect
+from sqlalchemy import Connection, inspect, select, text
 from sqlalchemy import types as sqltypes
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -36,8 +40,38 @@ def _problems(connection: Connection) -> list[str]:
     )
     problems: list[str] = []
     for subject in SUBJECT_TABLES.values():
-        problems.extend(_table_problems(inspector, subject, timestamps))
+        found = _table_problems(inspector, subject, timestamps)
+        if not found and connection.dialect.name == "postgresql":
+            found = _statistics_problems(connection, subject)
+        problems.extend(found)
     return problems
+
+
+# A table with fewer rows is cheap to read whole, statistics or not.
+STATISTICS_MIN_ROWS = 1000
+
+
+def _statistics_problems(connection: Connection, subject: SubjectTable) -> list[str]:
+    """Return a problem when a PostgreSQL table has many rows but was never analyzed."""
+    table = subject.table
+    sample = select(subject.id).limit(STATISTICS_MIN_ROWS).subquery()
+    rows = connection.scalar(select(text("count(*)")).select_from(sample))
+    if (rows or 0) < STATISTICS_MIN_ROWS:
+        return []
+    analyzed = connection.scalar(
+        text(
+            "SELECT EXISTS (SELECT 1 FROM pg_stats "
+            "WHERE schemaname = coalesce(:schema, current_schema()) AND tablename = :table)"
+        ),
+        {"schema": table.schema, "table": table.name},
+    )
+    if analyzed:
+        return []
+    name = f"{table.schema}.{table.name}" if table.schema else table.name
+    return [
+        f"table {name!r} has at least {STATISTICS_MIN_ROWS} rows but no planner statistics, "
+        f"so PostgreSQL may read all of it for each batch of webhooks; run: ANALYZE {name}"
+    ]
 
 
 def _table_problems(

@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mgwebhook.db import batch
+from mgwebhook.db.batch import TokenUse
 from mgwebhook.db.engine import session_factory
 from mgwebhook.db.repository import as_utc
 from mgwebhook.db.schema import webhook_events
@@ -92,3 +93,26 @@ async def test_driver_error_as_sqlalchemy_error(engine: AsyncEngine):
 
     assert "FOREIGN KEY" in str(raised.value.orig).upper()
     assert SECRET_REASON not in str(raised.value)
+
+
+async def test_long_lists_span_several_statements(engine: AsyncEngine):
+    # 200 rows: SQLite inserts them as chunks of 128, 64 and 8 rows.
+    rows = [event_row(f"token-{index:03}", index) for index in range(200)]
+    uses = [TokenUse(f"token-{index:03}", "fingerprint", RECEIVED) for index in range(150)]
+    async with session_factory(engine)() as session, session.begin():
+        ids = await session.run_sync(batch.insert_webhook_events, rows)
+        first = await session.run_sync(batch.claim_tokens, uses, RECEIVED)
+        again = await session.run_sync(batch.claim_tokens, uses[:140], RECEIVED)
+
+    assert len(ids) == 200
+    assert len(set(ids.values())) == 200
+    assert first == dict.fromkeys((use.token for use in uses), None)
+    assert again == {use.token: "fingerprint" for use in uses[:140]}
+
+
+def test_chunks_cover_every_value_once():
+    values = list(range(200))
+    assert [len(chunk) for chunk in batch._chunks(values)] == [128, 64, 8]
+    assert sum(batch._chunks(values), []) == values
+    assert [len(part) for part in batch._in_lists(values)] == [128, 128]
+    assert batch._in_lists(list(range(17))).__next__() == list(range(17)) + [16] * 15

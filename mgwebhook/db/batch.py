@@ -14,7 +14,7 @@ are compiled once and run on the session's driver connection
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -100,8 +100,7 @@ def claim_tokens(session: Session, uses: list[TokenUse], now: datetime) -> dict[
         parameters = _bulk(dialect, rows, TOKEN_COLUMNS)
         claimed = {token for (token,) in statements["claim_tokens"].fetch(session, parameters)}
     else:
-        statement = _sqlite_rows("claim_tokens", len(rows))
-        claimed = {token for (token,) in statement.fetch(session, _numbered(rows))}
+        claimed = {token for (token,) in _sqlite_insert(session, "claim_tokens", rows)}
     already_used: list[str] = [row["token"] for row in rows if row["token"] not in claimed]
     stored: dict[str, str | None] = dict.fromkeys(claimed)
     if already_used:
@@ -110,8 +109,7 @@ def claim_tokens(session: Session, uses: list[TokenUse], now: datetime) -> dict[
             parameters = {"tokens": already_used}
             found = dict(statements["token_fingerprints"].fetch(session, parameters))
         else:
-            statement = _sqlite_list("token_fingerprints", len(already_used))
-            found = dict(statement.fetch(session, _listed("token", already_used)))
+            found = dict(_sqlite_lookup(session, "token_fingerprints", "token", already_used))
         stored.update({token: found.get(token, "") for token in already_used})
     return stored
 
@@ -125,7 +123,7 @@ def insert_webhook_events(session: Session, rows: list[dict[str, Any]]) -> dict[
         parameters = _bulk(dialect, rows, EVENT_COLUMNS)
         result = statements["insert_events"].fetch(session, parameters)
     else:
-        result = _sqlite_rows("insert_events", len(rows)).fetch(session, _numbered(rows))
+        result = _sqlite_insert(session, "insert_events", rows)
     return {token: int(event_id) for event_id, token in result}
 
 
@@ -148,13 +146,12 @@ def lock_subjects_of(session: Session, message_ids: Iterable[str]) -> dict[str, 
         return found
     dialect, statements = _statements(session)
     for subject_type in SUBJECT_TABLES:
+        name = f"lock_{subject_type}"
         if dialect == "postgresql":
-            statement = statements[f"lock_{subject_type}"]
-            parameters = {"message_ids": requested}
+            rows = statements[name].fetch(session, {"message_ids": requested})
         else:
-            statement = _sqlite_list(f"lock_{subject_type}", len(requested))
-            parameters = _listed("message_id", requested)
-        for key, status, message_id, *stored in statement.fetch(session, parameters):
+            rows = _sqlite_lookup(session, name, "message_id", requested)
+        for key, status, message_id, *stored in rows:
             # SQLite also returns the id as stored, which the status update
             # matches exactly, whatever the spelling of a UUID.
             stored_key = stored[0] if stored else key
@@ -204,14 +201,16 @@ def recorded_events(
     for subject_type in sorted({triple[0] for triple in triples}):
         subject_ids = sorted({t[1] for t in triples if t[0] == subject_type})
         event_keys = sorted({t[2] for t in triples if t[0] == subject_type})
-        statement = _sqlite_recorded_events(len(subject_ids), len(event_keys))
-        named = {
-            "subject_type": subject_type,
-            **_listed("subject_id", subject_ids),
-            **_listed("event_key", event_keys),
-        }
-        for subject_id, key in statement.fetch(session, named):
-            found.add((subject_type, subject_id, key))
+        for ids in _in_lists(subject_ids):
+            for keys in _in_lists(event_keys):
+                statement = _sqlite_recorded_events(len(ids), len(keys))
+                named = {
+                    "subject_type": subject_type,
+                    **_listed("subject_id", ids),
+                    **_listed("event_key", keys),
+                }
+                for subject_id, key in statement.fetch(session, named):
+                    found.add((subject_type, subject_id, key))
     return found & requested
 
 
@@ -221,7 +220,7 @@ def insert_audit_events(session: Session, rows: list[dict[str, Any]]) -> int:
         return 0
     dialect, statements = _statements(session)
     if dialect != "postgresql":
-        return len(_sqlite_rows("insert_audits", len(rows)).fetch(session, _numbered(rows)))
+        return len(_sqlite_insert(session, "insert_audits", rows))
     parameters = _bulk(dialect, rows, AUDIT_COLUMNS)
     return len(statements["insert_audits"].fetch(session, parameters))
 
@@ -269,8 +268,50 @@ def _statements(session: Session) -> tuple[str, dict[str, DriverStatement]]:
 # compiled once per length. With such an `IN` list, SQLite finds the rows by
 # the message id index (as EXPLAIN QUERY PLAN shows), which a JSON array
 # parameter read with json_each did not always do.
+#
+# Only the lengths in CHUNK_SIZES are compiled, which bounds the memory of the
+# cached statements (one per length of 1 to 200 rows took about 60 MB for the
+# events insert alone). Longer lists of rows are split into several
+# statements, and an `IN` list is padded by repeating its last value.
 _SQLITE = sqlite.dialect()
-_SQLITE_CACHE_SIZE = 2048
+_SQLITE_CACHE_SIZE = 512
+CHUNK_SIZES = (*range(1, 17), 32, 64, 128)
+
+
+def _chunks(values: list[Any]) -> Iterator[list[Any]]:
+    """Split values into consecutive lists whose lengths are in CHUNK_SIZES."""
+    start = 0
+    while start < len(values):
+        size = max(size for size in CHUNK_SIZES if size <= len(values) - start)
+        yield values[start : start + size]
+        start += size
+
+
+def _in_lists(values: list[Any]) -> Iterator[list[Any]]:
+    """Split values into `IN` lists, each padded to a length in CHUNK_SIZES."""
+    largest = CHUNK_SIZES[-1]
+    for start in range(0, len(values), largest):
+        part = values[start : start + largest]
+        size = min(size for size in CHUNK_SIZES if size >= len(part))
+        yield part + [part[-1]] * (size - len(part))
+
+
+def _sqlite_insert(session: Session, name: str, rows: list[dict[str, Any]]) -> list[Any]:
+    """Insert the rows with the named statement and return the rows it returns."""
+    returned: list[Any] = []
+    for chunk in _chunks(rows):
+        returned += _sqlite_rows(name, len(chunk)).fetch(session, _numbered(chunk))
+    return returned
+
+
+def _sqlite_lookup(session: Session, name: str, list_name: str, values: list[Any]) -> list[Any]:
+    """Run the named lookup by a list of values and return its rows."""
+    found: list[Any] = []
+    for values_in in _in_lists(values):
+        found += _sqlite_list(name, len(values_in)).fetch(session, _listed(list_name, values_in))
+    return found
+
+
 ROW_STATEMENTS = {
     "claim_tokens": (webhook_tokens, TOKEN_COLUMNS),
     "insert_events": (webhook_events, EVENT_COLUMNS),

@@ -40,10 +40,14 @@ class DriverStatement:
         assert isinstance(compiled, SQLCompiler)
         if compiled.positiontup is None:
             raise ValueError(f"dialect {dialect.name} does not use positional parameters")
+        # One conversion per type, shared by every placeholder of that type.
+        processors: dict[int, Processor] = {}
         parameters = []
         for name in compiled.positiontup:
-            kind = compiled.binds[name].type.dialect_impl(dialect)
-            parameters.append((name, kind.bind_processor(dialect)))
+            kind = compiled.binds[name].type
+            if id(kind) not in processors:
+                processors[id(kind)] = kind.dialect_impl(dialect).bind_processor(dialect)
+            parameters.append((name, processors[id(kind)]))
         results = tuple(
             column.type.dialect_impl(dialect).result_processor(dialect, None)
             for column in getattr(statement, "exported_columns", ())

@@ -305,3 +305,52 @@ async def test_check_names_table_without_statistics(engine, database_url):
     async with engine.begin() as connection:
         await connection.execute(text("ANALYZE documents"))
     assert await check_subject_tables(engine) == []
+
+
+@pytest.fixture
+async def large_invoices(engine, database_url):
+    """A mapped documents table named "Invoices", in mixed case, with 1000 rows."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("the statistics check runs on PostgreSQL only")
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                'CREATE TABLE "Invoices" (id TEXT PRIMARY KEY, email_message_id TEXT, '
+                "email_status VARCHAR(32), email_status_updated_at TIMESTAMPTZ)"
+            )
+        )
+        await connection.execute(
+            text(
+                "INSERT INTO \"Invoices\" SELECT 'I-' || g, '<m-' || g || '@mg>', 'SENT' "
+                f"FROM generate_series(1, {STATISTICS_MIN_ROWS}) g"
+            )
+        )
+    configure_subjects(SubjectSettings(document=SubjectMapping("Invoices"), managed=False))
+    yield engine
+    configure_subjects(SubjectSettings())
+
+
+async def test_check_quotes_mixed_case_table(large_invoices):
+    engine = large_invoices
+    [problem] = await check_subject_tables(engine)
+    assert problem.endswith('; run: ANALYZE "Invoices"')
+
+    async with engine.begin() as connection:
+        await connection.execute(text(problem.split("run: ", 1)[1]))
+    assert await check_subject_tables(engine) == []
+
+
+async def test_check_finds_table_on_search_path(large_invoices, database_url):
+    engine = large_invoices
+    async with engine.begin() as connection:
+        await connection.execute(text('ANALYZE "Invoices"'))
+        # With the default search path "$user", public, a schema named after
+        # the login role becomes current_schema() while the tables stay in public.
+        await connection.execute(text("CREATE SCHEMA IF NOT EXISTS postgres"))
+    other = create_engine(database_url)
+    try:
+        assert await check_subject_tables(other) == []
+    finally:
+        async with other.begin() as connection:
+            await connection.execute(text("DROP SCHEMA postgres"))
+        await other.dispose()

@@ -58,19 +58,24 @@ def _statistics_problems(connection: Connection, subject: SubjectTable) -> list[
     rows = connection.scalar(select(text("count(*)")).select_from(sample))
     if (rows or 0) < STATISTICS_MIN_ROWS:
         return []
+    # The quoted name finds the table through the search path, as PostgreSQL
+    # does for mgwebhook's own statements.
+    quoted = connection.dialect.identifier_preparer.format_table(table)
     analyzed = connection.scalar(
         text(
-            "SELECT EXISTS (SELECT 1 FROM pg_stats "
-            "WHERE schemaname = coalesce(:schema, current_schema()) AND tablename = :table)"
+            "SELECT EXISTS (SELECT 1 FROM pg_stats s "
+            "JOIN pg_namespace n ON n.nspname = s.schemaname "
+            "JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = s.tablename "
+            "WHERE c.oid = to_regclass(:table))"
         ),
-        {"schema": table.schema, "table": table.name},
+        {"table": quoted},
     )
     if analyzed:
         return []
     name = f"{table.schema}.{table.name}" if table.schema else table.name
     return [
         f"table {name!r} has at least {STATISTICS_MIN_ROWS} rows but no planner statistics, "
-        f"so PostgreSQL may read all of it for each batch of webhooks; run: ANALYZE {name}"
+        f"so PostgreSQL may read all of it for each batch of webhooks; run: ANALYZE {quoted}"
     ]
 
 

@@ -39,7 +39,10 @@ class DriverStatement:
         compiled = statement.compile(dialect=dialect)
         assert isinstance(compiled, SQLCompiler)
         if compiled.positiontup is None:
-            raise ValueError(f"dialect {dialect.name} does not use positional parameters")
+            raise ValueError(
+                f"dialect {dialect.name} uses named parameters ({dialect.paramstyle}); "
+                "DriverStatement needs a positional style such as SQLite's or asyncpg's"
+            )
         # One conversion per type, shared by every placeholder of that type.
         processors: dict[int, Processor] = {}
         parameters = []

@@ -115,4 +115,4 @@ def test_chunks_cover_every_value_once():
     assert [len(chunk) for chunk in batch._chunks(values)] == [128, 64, 8]
     assert sum(batch._chunks(values), []) == values
     assert [len(part) for part in batch._in_lists(values)] == [128, 128]
-    assert batch._in_lists(list(range(17))).__next__() == list(range(17)) + [16] * 15
+    assert next(batch._in_lists(list(range(17)))) == list(range(17)) + [16] * 15

@@ -97,7 +97,7 @@ def claim_tokens(session: Session, uses: list[TokenUse], now: datetime) -> dict[
         for use in sorted(uses, key=lambda use: use.token)
     ]
     if dialect == "postgresql":
-        parameters = _bulk(dialect, rows, TOKEN_COLUMNS)
+        parameters = _arrays(rows, TOKEN_COLUMNS)
         claimed = {token for (token,) in statements["claim_tokens"].fetch(session, parameters)}
     else:
         claimed = {token for (token,) in _sqlite_insert(session, "claim_tokens", rows)}
@@ -120,7 +120,7 @@ def insert_webhook_events(session: Session, rows: list[dict[str, Any]]) -> dict[
         return {}
     dialect, statements = _statements(session)
     if dialect == "postgresql":
-        parameters = _bulk(dialect, rows, EVENT_COLUMNS)
+        parameters = _arrays(rows, EVENT_COLUMNS)
         result = statements["insert_events"].fetch(session, parameters)
     else:
         result = _sqlite_insert(session, "insert_events", rows)
@@ -135,10 +135,11 @@ def lock_subjects(session: Session, message_id: str) -> list[SubjectRow]:
 def lock_subjects_of(session: Session, message_ids: Iterable[str]) -> dict[str, list[SubjectRow]]:
     """Return the rows matching each normalised message id, locked for update.
 
-    Each subject table is read in one statement that locks its rows in id
-    order, documents before tenants, so concurrent transactions on PostgreSQL
+    On PostgreSQL each subject table is read in one statement that locks its
+    rows in id order, documents before tenants, so concurrent transactions
     lock shared rows in the same order. SQLite takes the write lock for the
-    whole database at BEGIN IMMEDIATE instead.
+    whole database at BEGIN IMMEDIATE instead, and reads up to 128 message ids
+    per statement.
     """
     requested = sorted(set(message_ids))
     found: dict[str, list[SubjectRow]] = {}
@@ -219,10 +220,10 @@ def insert_audit_events(session: Session, rows: list[dict[str, Any]]) -> int:
     if not rows:
         return 0
     dialect, statements = _statements(session)
-    if dialect != "postgresql":
-        return len(_sqlite_insert(session, "insert_audits", rows))
-    parameters = _bulk(dialect, rows, AUDIT_COLUMNS)
-    return len(statements["insert_audits"].fetch(session, parameters))
+    if dialect == "postgresql":
+        parameters = _arrays(rows, AUDIT_COLUMNS)
+        return len(statements["insert_audits"].fetch(session, parameters))
+    return len(_sqlite_insert(session, "insert_audits", rows))
 
 
 def set_subject_statuses(
@@ -239,15 +240,13 @@ def set_subject_statuses(
         if dialect != "postgresql":
             statement.run_many(session, rows)
             continue
-        parameters = _bulk(dialect, rows, ("subject_key", "new_status"))
+        parameters = _arrays(rows, ("subject_key", "new_status"))
         parameters["updated_at"] = now
         statement.fetch(session, parameters)
 
 
-def _bulk(dialect: str, rows: list[dict[str, Any]], columns: Iterable[str]) -> Any:
-    """Shape rows as execution parameters: a list of rows, or one array per column."""
-    if dialect != "postgresql":
-        return rows
+def _arrays(rows: list[dict[str, Any]], columns: Iterable[str]) -> dict[str, Any]:
+    """Shape rows as PostgreSQL parameters: one array per column, named column_values."""
     return {f"{name}_values": [row[name] for row in rows] for name in columns}
 
 

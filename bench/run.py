@@ -9,6 +9,10 @@ stored events), writes one uniquely signed `delivered` or `failed` event per
 request to a file, and drives `mgwebhook serve` and then a bare handler with
 wrk. It prints events/s, p50/p99 latency, the ratio of the two rates, and the
 server's resident memory. wrk comes from Debian's `wrk` package.
+
+With --references it also drives the hand-written minimal receivers of
+`bench/reference_receivers.py` (one transaction per request, and batched),
+each on its own copy of the seeded database.
 """
 
 from __future__ import annotations
@@ -44,6 +48,11 @@ WEBHOOK_PATH = "/v1/mailgun/webhook"
 # Bodies written per second of the run: above the highest rate seen on 2 cores,
 # so wrk does not run out and resend a token.
 BODIES_PER_SECOND = 8000
+BENCH_DATABASE = "mgwebhook_bench"
+REFERENCE_MODES = {
+    "sqlite": ["sqlite-per-request", "sqlite-batched"],
+    "postgresql": ["postgresql-per-request", "postgresql-batched"],
+}
 
 
 @dataclass
@@ -106,6 +115,11 @@ def parse_args() -> argparse.Namespace:
         help="also measure mgwebhook's HTTP path with a writer that stores nothing",
     )
     parser.add_argument(
+        "--references",
+        action="store_true",
+        help="also measure the hand-written minimal receivers, each on a copy of the seed",
+    )
+    parser.add_argument(
         "--skip-load", action="store_true", help="only seed and time `events list`, no wrk runs"
     )
     return parser.parse_args()
@@ -120,6 +134,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="mgwebhook-bench-") as folder:
         workdir = Path(folder)
         database_url = prepare_database(args, workdir)
+        copies: dict[str, str] = {}
         try:
             bodies = workdir / "bodies.jsonl"
             count = write_bodies(bodies, args.rows, BODIES_PER_SECOND * args.duration)
@@ -132,12 +147,21 @@ def main() -> int:
             print(f"`mgwebhook events list` (first page, whole process): {list_seconds:.2f} s")
             if args.skip_load:
                 return 0
+            if args.references:
+                # Copied before mgwebhook's run changes the seeded database.
+                for mode in REFERENCE_MODES[args.database]:
+                    copies[mode] = copy_database(args, database_url, workdir, mode)
             server, memory = measure_mgwebhook(args, database_url, bodies)
             bare = None if args.skip_bare else measure_bare(args, bodies)
             ceiling = measure_ceiling(args, database_url, bodies) if args.ceiling else None
-            report(args, server, bare, ceiling, memory)
+            references = {
+                mode: measure_reference(args, mode, url, bodies) for mode, url in copies.items()
+            }
+            report(args, server, bare, ceiling, memory, references)
         finally:
             if args.database == "postgresql":
+                for url in copies.values():
+                    drop_postgres_database(args.postgres_url, database_name(url))
                 drop_postgres_database(args.postgres_url)
     return 0
 
@@ -147,15 +171,34 @@ def prepare_database(args: argparse.Namespace, workdir: Path) -> str:
         url = f"sqlite+aiosqlite:///{workdir / 'bench.db'}"
     else:
         drop_postgres_database(args.postgres_url)
-        asyncio.run(execute_autocommit(args.postgres_url, "CREATE DATABASE mgwebhook_bench"))
-        url = args.postgres_url.rsplit("/", 1)[0] + "/mgwebhook_bench"
+        asyncio.run(execute_autocommit(args.postgres_url, f"CREATE DATABASE {BENCH_DATABASE}"))
+        url = args.postgres_url.rsplit("/", 1)[0] + f"/{BENCH_DATABASE}"
     asyncio.run(seed(url, args.rows, args.stored_events))
     return url
 
 
-def drop_postgres_database(url: str) -> None:
-    statement = "DROP DATABASE IF EXISTS mgwebhook_bench WITH (FORCE)"
+def drop_postgres_database(url: str, name: str = BENCH_DATABASE) -> None:
+    statement = f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"
     asyncio.run(execute_autocommit(url, statement))
+
+
+def database_name(url: str) -> str:
+    return url.rsplit("/", 1)[1]
+
+
+def copy_database(args: argparse.Namespace, url: str, workdir: Path, mode: str) -> str:
+    """Copy the seeded database for one reference receiver and return the copy's URL."""
+    name = f"{BENCH_DATABASE}_{mode.split('-', 1)[1].replace('-', '_')}"
+    if args.database == "sqlite":
+        # The seed's engine is disposed, so the whole database is in this one file.
+        copy = workdir / f"{name}.db"
+        shutil.copyfile(workdir / "bench.db", copy)
+        return f"sqlite+aiosqlite:///{copy}"
+    drop_postgres_database(args.postgres_url, name)
+    # A template copy keeps the seed's planner statistics.
+    statement = f"CREATE DATABASE {name} TEMPLATE {BENCH_DATABASE}"
+    asyncio.run(execute_autocommit(args.postgres_url, statement))
+    return url.rsplit("/", 1)[0] + f"/{name}"
 
 
 async def execute_autocommit(url: str, statement: str) -> None:
@@ -442,16 +485,47 @@ def measure_ceiling(args, database_url: str, bodies: Path) -> WrkResult:
     return measure_script(args, "ceiling_server.py", env, bodies)
 
 
-def measure_script(args, script: str, env: dict[str, str], bodies: Path) -> WrkResult:
-    """Start `python bench/SCRIPT PORT`, drive it with wrk and stop it."""
+def measure_reference(args, mode: str, database_url: str, bodies: Path) -> WrkResult:
+    env = server_env(database_url)
+    return measure_script(args, "reference_receivers.py", env, bodies, mode, database_url)
+
+
+def measure_script(
+    args,
+    script: str,
+    env: dict[str, str],
+    bodies: Path,
+    mode: str | None = None,
+    database_url: str | None = None,
+) -> WrkResult:
+    """Start `python bench/SCRIPT [MODE] PORT`, drive it with wrk and stop it.
+
+    With a PostgreSQL `database_url`, its tables are analyzed during the run
+    as `stand_in_for_autovacuum` describes.
+    """
     port = free_port()
-    server = subprocess.Popen([sys.executable, str(BENCH_DIR / script), str(port)], env=env)
+    command = [sys.executable, str(BENCH_DIR / script), *([mode] if mode else []), str(port)]
+    server = subprocess.Popen(command, env=env)
+    stop = threading.Event()
     try:
         wait_for_port(port, server)
+        if database_url is not None and args.database == "postgresql":
+            analyzer = threading.Thread(target=stand_in_for_autovacuum, args=(database_url, stop))
+            analyzer.start()
         return run_wrk(args, port, bodies)
     finally:
-        server.terminate()
+        stop.set()
+        stop_server(server, script)
+
+
+def stop_server(server: subprocess.Popen, name: str) -> None:
+    server.terminate()
+    try:
         server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        print(f"{name} did not stop within 30 s of SIGTERM; killed", file=sys.stderr)
+        server.kill()
+        server.wait()
 
 
 def report(
@@ -460,6 +534,7 @@ def report(
     bare: WrkResult | None,
     ceiling: WrkResult | None,
     memory: MemoryTrace,
+    references: dict[str, WrkResult],
 ) -> None:
     print()
     print(
@@ -483,6 +558,14 @@ def report(
         )
         if bare is not None:
             line += f", ratio to bare handler {ceiling.ok_per_second / bare.ok_per_second:.2f}"
+        print(line)
+    for mode, result in references.items():
+        line = (
+            f"reference {mode}: {result.ok_per_second:.0f} events/s (200s), "
+            f"{result.non_2xx} non-2xx, p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms"
+        )
+        if bare is not None:
+            line += f", ratio to bare handler {result.ok_per_second / bare.ok_per_second:.2f}"
         print(line)
     half = args.duration / 2
     print(

@@ -15,6 +15,7 @@ the same seed. Both databases use WAL mode with synchronous=FULL.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -91,6 +92,7 @@ def reference_batches(url: str, bodies: list[str]) -> dict[int, float]:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     with tempfile.TemporaryDirectory(prefix="mgwebhook-batch-") as folder:
         workdir = Path(folder)
         seeded = workdir / "seed.db"

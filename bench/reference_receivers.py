@@ -3,10 +3,13 @@
 Each one does the core work of a webhook on mgwebhook's schema: it checks the
 HMAC, claims the token (the replay guard), finds the document by its message
 id, moves its status up and appends an audit row. It skips what mgwebhook
-adds: the stored raw event, payload validation, the retry fingerprint, the
-tenant lookup, the bounded queue, logs and metrics. SQLite runs in WAL mode
-with synchronous=FULL, as mgwebhook does, so every 200 follows a durable
-commit.
+adds: the stored raw event, payload validation, the timestamp window, the
+retry fingerprint (a token used again with a different event gets 200, where
+mgwebhook returns 401), the tenant lookup, the bounded queue, logs and
+metrics. Audit rows leave recipient, severity, reason, delivery code and the
+stored event's id empty, and SQLite's foreign key checks stay off. SQLite
+runs in WAL mode with synchronous=FULL, as mgwebhook does, so every 200
+follows a durable commit.
 
 Modes:
 

@@ -36,19 +36,24 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from mgwebhook.db.engine import create_engine, create_schema
+from mgwebhook.db.engine import create_engine, create_schema, normalise_database_url
 from mgwebhook.db.schema import documents, email_events, webhook_events, webhook_tokens
 from mgwebhook.samples import event_data, signature_block
 
 BENCH_DIR = Path(__file__).resolve().parent
 SIGNING_KEY = "bench-signing-key"
 WEBHOOK_PATH = "/v1/mailgun/webhook"
-# Bodies written per second of the run: above the highest rate seen on 2 cores,
-# so wrk does not run out and resend a token.
+# Bodies written per second of the run: above the highest rate seen on 2 cores
+# for a server that stores events (about 5,600/s), so no token is sent twice to
+# one. The bare handler and the run storing nothing are faster and resend
+# tokens, which changes nothing for them.
 BODIES_PER_SECOND = 8000
-BENCH_DATABASE = "mgwebhook_bench"
+# One name per run, so that two runs on one server do not drop each other's database.
+BENCH_DATABASE = f"mgwebhook_bench_{os.getpid()}"
 REFERENCE_MODES = {
     "sqlite": ["sqlite-per-request", "sqlite-batched"],
     "postgresql": ["postgresql-per-request", "postgresql-batched"],
@@ -95,8 +100,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--postgres-url",
         default="postgresql+asyncpg://postgres@127.0.0.1:5432/test",
-        help="server used with --database postgresql; a database named mgwebhook_bench "
-        "is created on it and dropped afterwards",
+        help="server used with --database postgresql; a database named mgwebhook_bench_PID "
+        "(PID of this run) and, with --references, two copies of it are created on it and "
+        "dropped afterwards",
     )
     parser.add_argument("--rows", type=int, default=10_000, help="tracked documents to seed")
     parser.add_argument(
@@ -127,15 +133,21 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    if shutil.which("wrk") is None:
+    if not args.skip_load and shutil.which("wrk") is None:
         print("wrk is not installed; install it with: apt-get install wrk", file=sys.stderr)
         return 1
+    if args.database == "postgresql":
+        args.postgres_url = normalise_database_url(args.postgres_url)
+        problem = postgres_problem(args.postgres_url)
+        if problem is not None:
+            print(problem, file=sys.stderr)
+            return 1
 
     with tempfile.TemporaryDirectory(prefix="mgwebhook-bench-") as folder:
         workdir = Path(folder)
-        database_url = prepare_database(args, workdir)
         copies: dict[str, str] = {}
         try:
+            database_url = prepare_database(args, workdir)
             bodies = workdir / "bodies.jsonl"
             count = write_bodies(bodies, args.rows, BODIES_PER_SECOND * args.duration)
             print(
@@ -157,7 +169,7 @@ def main() -> int:
             references = {
                 mode: measure_reference(args, mode, url, bodies) for mode, url in copies.items()
             }
-            report(args, server, bare, ceiling, memory, references)
+            return report(args, count, server, bare, ceiling, memory, references)
         finally:
             if args.database == "postgresql":
                 for url in copies.values():
@@ -175,6 +187,19 @@ def prepare_database(args: argparse.Namespace, workdir: Path) -> str:
         url = args.postgres_url.rsplit("/", 1)[0] + f"/{BENCH_DATABASE}"
     asyncio.run(seed(url, args.rows, args.stored_events))
     return url
+
+
+def postgres_problem(url: str) -> str | None:
+    """Return why the PostgreSQL server at `url` cannot be used, or None when it can."""
+    try:
+        asyncio.run(execute_autocommit(url, "SELECT 1"))
+    except (OSError, SQLAlchemyError) as error:
+        address = make_url(url).render_as_string(hide_password=True)
+        return (
+            f"cannot connect to PostgreSQL at {address}: {error}; start the server or pass "
+            "--postgres-url postgresql://USER@HOST:PORT/DATABASE"
+        )
+    return None
 
 
 def drop_postgres_database(url: str, name: str = BENCH_DATABASE) -> None:
@@ -421,8 +446,8 @@ def measure_mgwebhook(args, database_url: str, bodies: Path) -> tuple[WrkResult,
         result = run_wrk(args, port, bodies)
     finally:
         stop.set()
-        server.terminate()
-        server.wait(timeout=60)
+        # mgwebhook commits the posts still queued before it exits.
+        stop_server(server, "mgwebhook serve", timeout=60)
     return result, trace
 
 
@@ -450,7 +475,11 @@ def stand_in_for_autovacuum(database_url: str, stop: threading.Event) -> None:
             async with engine.connect() as connection:
                 if (await connection.execute(text("SHOW autovacuum"))).scalar() == "on":
                     return
-                print("PostgreSQL has autovacuum off: analyzing tables when autovacuum would")
+                name = make_url(database_url).database
+                print(
+                    f"PostgreSQL has autovacuum off: analyzing the tables of {name} "
+                    "when autovacuum would"
+                )
                 while not stop.is_set():
                     stale = (await connection.execute(text(STALE_TABLES))).scalars().all()
                     for table in stale:
@@ -518,61 +547,77 @@ def measure_script(
         stop_server(server, script)
 
 
-def stop_server(server: subprocess.Popen, name: str) -> None:
+def stop_server(server: subprocess.Popen, name: str, timeout: int = 30) -> None:
     server.terminate()
     try:
-        server.wait(timeout=30)
+        server.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        print(f"{name} did not stop within 30 s of SIGTERM; killed", file=sys.stderr)
+        print(f"{name} did not stop within {timeout} s of SIGTERM; killed", file=sys.stderr)
         server.kill()
         server.wait()
 
 
 def report(
     args,
+    bodies: int,
     server: WrkResult,
     bare: WrkResult | None,
     ceiling: WrkResult | None,
     memory: MemoryTrace,
     references: dict[str, WrkResult],
-) -> None:
+) -> int:
+    """Print the results; return 1 when a server that stores events returned an error status."""
     print()
     print(
         f"database={args.database} rows={args.rows} stored_events={args.stored_events} "
         f"connections={args.connections} duration={args.duration}s workers={args.workers}"
     )
-    print(
-        f"mgwebhook: {server.ok_per_second:.0f} events/s (200s), "
-        f"{server.non_2xx} non-2xx, p50 {server.p50_ms:.1f} ms, p99 {server.p99_ms:.1f} ms"
-    )
-    if bare is not None:
-        print(
-            f"bare handler: {bare.ok_per_second:.0f} requests/s, p50 {bare.p50_ms:.1f} ms, "
-            f"p99 {bare.p99_ms:.1f} ms"
-        )
-        print(f"ratio to bare handler: {server.ok_per_second / bare.ok_per_second:.2f}")
-    if ceiling is not None:
-        line = (
-            f"mgwebhook storing nothing: {ceiling.ok_per_second:.0f} requests/s, "
-            f"p50 {ceiling.p50_ms:.1f} ms, p99 {ceiling.p99_ms:.1f} ms"
-        )
-        if bare is not None:
-            line += f", ratio to bare handler {ceiling.ok_per_second / bare.ok_per_second:.2f}"
-        print(line)
-    for mode, result in references.items():
-        line = (
-            f"reference {mode}: {result.ok_per_second:.0f} events/s (200s), "
-            f"{result.non_2xx} non-2xx, p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms"
-        )
-        if bare is not None:
-            line += f", ratio to bare handler {result.ok_per_second / bare.ok_per_second:.2f}"
-        print(line)
+    storing = {"mgwebhook": server} | {f"reference {mode}": r for mode, r in references.items()}
+    base = bare.ok_per_second if bare is not None else None
+    print(result_line("mgwebhook", server, base))
     half = args.duration / 2
     print(
         f"server RSS: peak {memory.peak_mb():.0f} MB, mean first half "
         f"{memory.average_mb(0, half):.0f} MB, mean second half "
         f"{memory.average_mb(half, args.duration + 1):.0f} MB"
     )
+    if bare is not None:
+        print(result_line("bare handler", bare, None))
+    if ceiling is not None:
+        print(result_line("mgwebhook storing nothing", ceiling, base))
+    for mode, result in references.items():
+        print(result_line(f"reference {mode}", result, base))
+
+    failed = False
+    for name, result in storing.items():
+        if result.non_2xx:
+            print(
+                f"{name} returned an error status for {result.non_2xx} requests; its rate "
+                "does not count them and is not comparable",
+                file=sys.stderr,
+            )
+            failed = True
+        if result.requests > bodies:
+            # A second post with a known token gets 200 and is not stored again.
+            print(
+                f"wrk sent {result.requests} requests to {name} but only {bodies} bodies "
+                "were written, so tokens were reused and its rate is too high; raise "
+                "BODIES_PER_SECOND in bench/run.py",
+                file=sys.stderr,
+            )
+            failed = True
+    return 1 if failed else 0
+
+
+def result_line(name: str, result: WrkResult, base: float | None) -> str:
+    """Format one server's rate, error count and latency, with its ratio to `base` if given."""
+    line = (
+        f"{name}: {result.ok_per_second:.0f}/s (2xx), {result.non_2xx} non-2xx, "
+        f"p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms"
+    )
+    if base is not None:
+        line += f", ratio to bare handler {result.ok_per_second / base:.2f}"
+    return line
 
 
 if __name__ == "__main__":

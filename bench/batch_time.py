@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -27,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 # Run as a script, this file has bench/ first on sys.path.
+import reference_receivers
 from run import SIGNING_KEY, seed, write_bodies
 from sqlalchemy.orm import Session
 
@@ -74,13 +74,9 @@ def mgwebhook_batches(url: str, bodies: list[str]) -> dict[int, float]:
 
 
 def reference_batches(url: str, bodies: list[str]) -> dict[int, float]:
-    # The reference module reads its settings from the environment when imported.
-    os.environ["MAILGUN_WEBHOOK_SIGNING_KEY"] = SIGNING_KEY
-    os.environ["MGWEBHOOK_DATABASE_URL"] = url
-    import reference_receivers
-
-    connection = reference_receivers.sqlite_connect()
-    events = [reference_receivers.read_event(json.loads(body)) for body in bodies]
+    connection = reference_receivers.sqlite_connect(url)
+    key = SIGNING_KEY.encode()
+    events = [reference_receivers.read_event(json.loads(body), key) for body in bodies]
 
     def apply(batch: list) -> None:
         reference_receivers.sqlite_apply_all(connection, batch)

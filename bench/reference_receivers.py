@@ -40,8 +40,6 @@ import aiosqlite
 import asyncpg
 from aiohttp import web
 
-KEY = os.environ["MAILGUN_WEBHOOK_SIGNING_KEY"].encode()
-DATABASE_URL = os.environ["MGWEBHOOK_DATABASE_URL"]
 # The characters mgwebhook's message id index strips, so that the lookup uses it.
 STRIP = " \t\r\n<>"
 RANK = {"DELIVERED": 1, "FAILED": 2, "COMPLAINED": 3}
@@ -69,13 +67,15 @@ class Event:
 
 
 Handler = Callable[[Event], Awaitable[None]]
+# Builds a mode's handler for a database URL, registering its cleanup with the app.
+HandlerFactory = Callable[[web.Application, str], Awaitable[Handler]]
 
 
-def read_event(body: dict) -> Event | None:
+def read_event(body: dict, key: bytes) -> Event | None:
     """Return the event of an authentic body, or None when its signature does not match."""
     block = body["signature"]
     expected = hmac.new(
-        KEY, (block["timestamp"] + block["token"]).encode(), hashlib.sha256
+        key, (block["timestamp"] + block["token"]).encode(), hashlib.sha256
     ).hexdigest()
     if not hmac.compare_digest(expected, block["signature"]):
         return None
@@ -91,9 +91,9 @@ def read_event(body: dict) -> Event | None:
     )
 
 
-def receiver(handle: Handler) -> Callable[[web.Request], Awaitable[web.Response]]:
+def receiver(handle: Handler, key: bytes) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def receive(request: web.Request) -> web.Response:
-        event = read_event(await request.json())
+        event = read_event(await request.json(), key)
         if event is None:
             return web.json_response({"ok": False}, status=401)
         await handle(event)
@@ -152,8 +152,8 @@ SQLITE_AUDIT = (
 )
 
 
-def sqlite_path() -> str:
-    return DATABASE_URL.split(":///", 1)[1]
+def sqlite_path(url: str) -> str:
+    return url.split(":///", 1)[1]
 
 
 def sqlite_time(moment: datetime) -> str:
@@ -161,8 +161,8 @@ def sqlite_time(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-def sqlite_connect() -> sqlite3.Connection:
-    connection = sqlite3.connect(sqlite_path(), isolation_level=None, check_same_thread=False)
+def sqlite_connect(url: str) -> sqlite3.Connection:
+    connection = sqlite3.connect(sqlite_path(url), isolation_level=None, check_same_thread=False)
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=FULL")
     connection.execute("PRAGMA busy_timeout=30000")
@@ -181,8 +181,8 @@ def sqlite_apply(connection: sqlite3.Connection, event: Event) -> None:
         connection.execute(SQLITE_AUDIT, values)
 
 
-async def sqlite_per_request(app: web.Application) -> Handler:
-    connection = await aiosqlite.connect(sqlite_path(), isolation_level=None)
+async def sqlite_per_request(app: web.Application, url: str) -> Handler:
+    connection = await aiosqlite.connect(sqlite_path(url), isolation_level=None)
     # aiosqlite's thread keeps the process alive until the connection closes.
     on_cleanup(app, connection.close)
     await connection.execute("PRAGMA journal_mode=WAL")
@@ -230,8 +230,8 @@ def sqlite_apply_all(connection: sqlite3.Connection, events: list[Event]) -> Non
     connection.execute("COMMIT")
 
 
-async def sqlite_batched(app: web.Application) -> Handler:
-    connection = sqlite_connect()
+async def sqlite_batched(app: web.Application, url: str) -> Handler:
+    connection = sqlite_connect(url)
     thread = ThreadPoolExecutor(max_workers=1)
     loop = asyncio.get_running_loop()
 
@@ -266,8 +266,9 @@ POSTGRES_AUDIT = (
 )
 
 
-def postgres_dsn() -> str:
-    return "postgresql://" + DATABASE_URL.split("://", 1)[1]
+def postgres_dsn(url: str) -> str:
+    """Return the asyncpg form of a SQLAlchemy PostgreSQL URL."""
+    return "postgresql://" + url.split("://", 1)[1]
 
 
 async def postgres_apply(connection: asyncpg.Connection, event: Event) -> None:
@@ -281,8 +282,8 @@ async def postgres_apply(connection: asyncpg.Connection, event: Event) -> None:
         await connection.execute(POSTGRES_AUDIT, *values)
 
 
-async def postgresql_per_request(app: web.Application) -> Handler:
-    pool = await asyncpg.create_pool(postgres_dsn(), min_size=10, max_size=20)
+async def postgresql_per_request(app: web.Application, url: str) -> Handler:
+    pool = await asyncpg.create_pool(postgres_dsn(url), min_size=10, max_size=20)
     on_cleanup(app, pool.close)
 
     async def handle(event: Event) -> None:
@@ -292,8 +293,8 @@ async def postgresql_per_request(app: web.Application) -> Handler:
     return handle
 
 
-async def postgresql_batched(app: web.Application) -> Handler:
-    connection = await asyncpg.connect(postgres_dsn())
+async def postgresql_batched(app: web.Application, url: str) -> Handler:
+    connection = await asyncpg.connect(postgres_dsn(url))
     on_cleanup(app, connection.close)
 
     async def apply(events: list[Event]) -> None:
@@ -335,7 +336,7 @@ def batched(apply: Callable[[list[Event]], Awaitable[None]]) -> Handler:
     return handle
 
 
-MODES: dict[str, Callable[[web.Application], Awaitable[Handler]]] = {
+MODES: dict[str, HandlerFactory] = {
     "sqlite-per-request": sqlite_per_request,
     "sqlite-batched": sqlite_batched,
     "postgresql-per-request": postgresql_per_request,
@@ -344,11 +345,15 @@ MODES: dict[str, Callable[[web.Application], Awaitable[Handler]]] = {
 
 
 def main() -> None:
+    if len(sys.argv) != 3 or sys.argv[1] not in MODES:
+        sys.exit(f"usage: python bench/reference_receivers.py {{{','.join(MODES)}}} PORT")
     mode, port = sys.argv[1], int(sys.argv[2])
+    key = os.environ["MAILGUN_WEBHOOK_SIGNING_KEY"].encode()
+    url = os.environ["MGWEBHOOK_DATABASE_URL"]
 
     async def build() -> web.Application:
         app = web.Application(client_max_size=16 * 1024 * 1024)
-        app.router.add_post("/v1/mailgun/webhook", receiver(await MODES[mode](app)))
+        app.router.add_post("/v1/mailgun/webhook", receiver(await MODES[mode](app, url), key))
         return app
 
     web.run_app(build(), host="127.0.0.1", port=port, access_log=None, print=None)

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import inspect
 import os
+import random
 import resource
 import signal
 import socket
@@ -39,6 +40,26 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
+
+
+def free_port_range(count: int) -> int:
+    """Return the first of `count` consecutive TCP ports of 127.0.0.1 that are all free now.
+
+    The ports come from below Linux's default ephemeral range (32768 to 60999),
+    so the local ends of outgoing connections made meanwhile do not take them.
+    """
+    chooser = random.Random()
+    for _ in range(100):
+        base = chooser.randrange(20_000, 32_000)
+        with contextlib.ExitStack() as sockets:
+            try:
+                for port in range(base, base + count):
+                    sock = sockets.enter_context(socket.socket())
+                    sock.bind((HOST, port))
+            except OSError:
+                continue
+        return base
+    raise RuntimeError(f"no {count} consecutive free ports found between 20000 and 32000")
 
 
 async def wait_until(

@@ -17,6 +17,7 @@ from tests.reliability_support import (
     HOST,
     ServiceProcess,
     free_port,
+    free_port_range,
     prepare_database,
     run_cli,
     service_env,
@@ -92,7 +93,8 @@ async def test_killed_worker_stops_the_others(database_url, tmp_path):
 async def test_each_worker_serves_metrics_on_its_own_port(database_url, tmp_path):
     env = service_env(database_url)
     engine = await prepare_database(database_url, env)
-    metrics_port = free_port()
+    # The workers serve /metrics on metrics_port and the ports after it, one each.
+    metrics_port = free_port_range(WORKERS)
     arguments = ["--workers", str(WORKERS), "--metrics-port", str(metrics_port)]
     service = ServiceProcess(tmp_path / "serve.log", env, arguments=arguments)
     try:

@@ -382,12 +382,18 @@ def parse_wrk(output: str, seconds: int) -> WrkResult:
         scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
         return value * scale
 
-    requests = int(re.search(r"(\d+) requests in", output).group(1))
-    elapsed = re.search(r"requests in ([\d.]+)(ms|s|m)", output)
-    duration = float(elapsed.group(1)) * {"ms": 0.001, "s": 1, "m": 60}[elapsed.group(2)]
+    def required(pattern: str, what: str) -> re.Match[str]:
+        match = re.search(pattern, output)
+        if match is None:
+            raise ValueError(f"wrk output has no {what}:\n{output}")
+        return match
+
+    elapsed = required(r"(\d+) requests in ([\d.]+)(ms|s|m)", "request count")
+    requests = int(elapsed.group(1))
+    duration = float(elapsed.group(2)) * {"ms": 0.001, "s": 1, "m": 60}[elapsed.group(3)]
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     return WrkResult(
-        requests_per_second=float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
+        requests_per_second=float(required(r"Requests/sec:\s+([\d.]+)", "rate").group(1)),
         non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
         requests=requests,
         p50_ms=latency("50"),

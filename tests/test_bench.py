@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench import reference_receivers as reference
-from bench.run import MemoryTrace, WrkResult, report
+from bench.run import MemoryTrace, WrkResult, parse_wrk, report
 from mgwebhook.samples import event_data, signature_block
 from tests.conftest import SIGNING_KEY
 from tests.helpers import audit_rows, insert_document, status_of, token_count
@@ -156,3 +156,37 @@ def test_report_accepts_clean_run(capsys):
 def test_report_fails_bad_run(capsys, server, references, message):
     assert run_report(server, references) == 1
     assert capsys.readouterr().err == message
+
+
+WRK_OUTPUT = """\
+Running 3s test @ http://127.0.0.1:8080/v1/mailgun/webhook
+  2 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     9.62ms    3.16ms  40.33ms   85.52%
+    Req/Sec     1.63k   172.74     1.95k    71.67%
+  Latency Distribution
+     50%    9.31ms
+     75%   10.67ms
+     90%   12.47ms
+     99%   22.11ms
+  9741 requests in 3.00s, 1.42MB read
+  Non-2xx or 3xx responses: 12
+Requests/sec:   3244.41
+Transfer/sec:    485.16KB
+"""
+
+
+def test_parse_wrk_reads_rates_and_latency():
+    assert parse_wrk(WRK_OUTPUT, 3) == WrkResult(
+        requests_per_second=3244.41,
+        non_2xx=12,
+        requests=9741,
+        p50_ms=9.31,
+        p99_ms=22.11,
+        seconds=3.0,
+    )
+
+
+def test_parse_wrk_rejects_output_without_rate():
+    with pytest.raises(ValueError, match="wrk output has no rate"):
+        parse_wrk(WRK_OUTPUT.replace("Requests/sec:   3244.41\n", ""), 3)

@@ -52,6 +52,11 @@ async def test_workers_apply_posts_and_stop_on_sigterm(database_url, tmp_path):
         assert service.process is not None
         supervisor = service.process.pid
         assert len(children(supervisor)) == WORKERS
+        assert (
+            f"--workers {WORKERS} without --metrics-port: a GET /metrics on port "
+            f"{service.port} reaches one worker, which counts only its own requests; pass "
+            "--metrics-port PORT so that worker i serves its metrics on PORT + i"
+        ) in service.output()
 
         statuses = []
         async with aiohttp.ClientSession() as session:

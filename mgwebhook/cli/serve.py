@@ -85,6 +85,14 @@ def serve(
             "so throughput does not grow; use PostgreSQL for several workers",
             workers,
         )
+    if workers > 1 and settings.server.metrics_port == 0:
+        logger.warning(
+            "--workers %d without --metrics-port: a GET /metrics on port %d reaches one "
+            "worker, which counts only its own requests; pass --metrics-port PORT so that "
+            "worker i serves its metrics on PORT + i",
+            workers,
+            settings.server.port,
+        )
     logger.info(
         "mgwebhook listening on http://%s:%d%s with %d signing key(s), database %s",
         settings.server.host,

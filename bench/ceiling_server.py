@@ -21,20 +21,26 @@ from mgwebhook.payloads import extract_event
 from mgwebhook.server import app as app_module
 
 
-def storing_nothing(*_arguments: Any) -> Any:
-    async def run(webhooks: list[VerifiedWebhook], _now: datetime) -> list[IngestResult]:
+class StoringNothing:
+    """A batch runner that reports every post as applied; it takes the real runners' arguments."""
+
+    def __init__(self, *_arguments: Any) -> None:
+        pass
+
+    async def __call__(self, webhooks: list[VerifiedWebhook], _now: datetime) -> list[IngestResult]:
         return [
             IngestResult(Outcome.APPLIED, "not stored", extract_event(webhook.payload))
             for webhook in webhooks
         ]
 
-    return run
+    async def close(self) -> None:
+        pass
 
 
 def main() -> None:
     # Both runners are replaced, whichever database the URL names.
-    app_module.thread_batch_runner = storing_nothing
-    app_module.async_batch_runner = storing_nothing
+    app_module.thread_batch_runner = StoringNothing
+    app_module.AsyncBatchRunner = StoringNothing
     sys.argv = ["mgwebhook", "serve", "--port", sys.argv[1]]
     mgwebhook_main()
 

@@ -98,7 +98,7 @@ async def test_cut_database_gives_503_then_recovers(engine, database_url):
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_pool_replaces_dropped_idle_connections(engine, database_url):
-    """pool_pre_ping finds pooled connections that died while idle and opens new ones."""
+    """Connections that died while idle are replaced, and no post fails."""
     proxy = proxy_for(database_url)
     await proxy.start()
     settings = Settings(database=DatabaseSettings(url=proxied(database_url, proxy)))
@@ -126,6 +126,43 @@ async def test_pool_replaces_dropped_idle_connections(engine, database_url):
                 assert response.status == 200, await response.text()
         for number in range(8):
             assert await status_of(engine, f"INV-{number}") == "DELIVERED"
+    finally:
+        await proxy.close()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_lost_writer_connection_retries_batch(engine, database_url, caplog):
+    """The writer's kept connection dies while idle; the next batch runs on a new one."""
+    proxy = proxy_for(database_url)
+    await proxy.start()
+    settings = Settings(database=DatabaseSettings(url=proxied(database_url, proxy)))
+    app = create_app(settings, [SIGNING_KEY], create_tables=False, reconcile=False)
+    await insert_document(engine, "INV-1", FIXTURE_MESSAGE_ID)
+    try:
+        async with TestClient(TestServer(app)) as client:
+            # One post at a time, so the writers keep one connection between batches.
+            first = await client.post(WEBHOOK_PATH, json=signed(fixture("delivered")))
+            assert first.status == 200
+
+            await proxy.cut()
+            await proxy.restore()
+            caplog.clear()
+            second = await client.post(WEBHOOK_PATH, json=signed(fixture("complained")))
+            assert second.status == 200
+            assert await second.json() == {"ok": True}
+        lost = [
+            record.getMessage()
+            for record in caplog.records
+            if record.name == "mgwebhook.server.writer"
+        ]
+        assert len(lost) == 1
+        assert lost[0].startswith("database connection lost while idle (")
+        assert lost[0].endswith("); applying the batch of 1 posts on a new connection")
+        assert await status_of(engine, "INV-1") == "COMPLAINED"
+        assert [row[2] for row in await audit_rows(engine)] == [
+            "EMAIL_DELIVERED",
+            "EMAIL_COMPLAINED",
+        ]
     finally:
         await proxy.close()
 

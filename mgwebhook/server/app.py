@@ -31,7 +31,12 @@ from mgwebhook.server.keys import (
     WRITER,
 )
 from mgwebhook.server.monitoring import add_monitoring
-from mgwebhook.server.writer import BatchWriter, async_batch_runner, thread_batch_runner
+from mgwebhook.server.writer import (
+    AsyncBatchRunner,
+    BatchWriter,
+    RunBatch,
+    thread_batch_runner,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -98,13 +103,15 @@ async def _writer_context(app: web.Application) -> AsyncIterator[None]:
     engine = app[ENGINE]
     executor: ThreadPoolExecutor | None = None
     thread_engine: Engine | None = None
+    async_runner: AsyncBatchRunner | None = None
+    run_batch: RunBatch
     if engine.dialect.name == "sqlite":
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mgwebhook-sqlite")
         thread_engine = create_sqlite_thread_engine(engine)
         run_batch = thread_batch_runner(thread_engine, executor)
         writers = 1
     else:
-        run_batch = async_batch_runner(app[SESSIONS])
+        run_batch = async_runner = AsyncBatchRunner(engine)
         writers = settings.writers
     writer = BatchWriter(
         run_batch,
@@ -117,6 +124,8 @@ async def _writer_context(app: web.Application) -> AsyncIterator[None]:
     app[WRITER] = writer
     yield
     await writer.close()
+    if async_runner is not None:
+        await async_runner.close()
     if executor is not None and thread_engine is not None:
         executor.submit(thread_engine.dispose).result()
         executor.shutdown()

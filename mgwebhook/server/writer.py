@@ -132,7 +132,9 @@ class AsyncBatchRunner:
     which skips the pool's pre-ping: one round trip per batch. A kept
     connection that died while idle fails its batch with a disconnect error,
     and the batch then runs once more on a new connection from the pool, so
-    its posts do not fail.
+    its posts do not fail. A connection lost during the commit may leave the
+    batch committed. Running it again is still safe: its tokens are then
+    known with the same content, and each post gets 200 as a retry.
 
     A batch that fails otherwise is rolled back and applied again post by
     post, each post in a savepoint, so one bad post does not fail its
@@ -154,8 +156,8 @@ class AsyncBatchRunner:
                     if not error.connection_invalidated:
                         raise
                     logger.warning(
-                        "database connection lost while idle (%s); applying the batch of %d "
-                        "posts on a new connection",
+                        "database connection lost (%s); applying the batch of %d posts "
+                        "again on a new connection",
                         describe(error),
                         len(webhooks),
                     )

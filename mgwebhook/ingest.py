@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -136,6 +136,9 @@ def _ingest_isolated(
     try:
         [result] = apply_batch(session, [webhook], now)
     except SQLAlchemyError as error:
+        if isinstance(error, DBAPIError) and error.connection_invalidated:
+            # A lost connection fails the whole batch, as in the branch below.
+            raise
         savepoint.rollback()
         logger.error("event with token %s failed: %s", webhook.token[:8], describe(error))
         return DatabaseUnavailable(describe(error))

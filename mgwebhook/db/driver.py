@@ -110,5 +110,11 @@ def _run(session: Session, sql: str, parameters: Sequence[Any], *, many: bool) -
         if lost:
             connection.invalidate(wrapped)
         raise wrapped from error
+    except BaseException as error:
+        # After a timeout or a cancellation in the middle of a statement the
+        # connection's state is unknown, so SQLAlchemy discards it; so does this.
+        if isinstance(error, TimeoutError) or not isinstance(error, Exception):
+            connection.invalidate(error)
+        raise
     finally:
         cursor.close()

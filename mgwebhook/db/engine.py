@@ -21,6 +21,8 @@ from mgwebhook.errors import ConfigError
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 POSTGRES_CONNECT_TIMEOUT_S = 5
 POSTGRES_COMMAND_TIMEOUT_S = 30
+# Connections the pool keeps open; up to as many again open when it is busy.
+POSTGRES_POOL_SIZE = 10
 
 
 def normalise_database_url(url: str) -> str:
@@ -50,7 +52,7 @@ def create_engine(url: str) -> AsyncEngine:
     return create_async_engine(
         url,
         pool_pre_ping=True,
-        pool_size=10,
+        pool_size=POSTGRES_POOL_SIZE,
         max_overflow=10,
         pool_timeout=10,
         connect_args={

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from mgwebhook.config import Settings
 from mgwebhook.db.engine import (
+    POSTGRES_POOL_SIZE,
     create_engine,
     create_schema,
     create_sqlite_thread_engine,
@@ -111,7 +112,9 @@ async def _writer_context(app: web.Application) -> AsyncIterator[None]:
         run_batch = thread_batch_runner(thread_engine, executor)
         writers = 1
     else:
-        run_batch = async_runner = AsyncBatchRunner(engine)
+        # Half the pool's connections at most, so other queries always find one.
+        keep = min(settings.writers, POSTGRES_POOL_SIZE // 2)
+        run_batch = async_runner = AsyncBatchRunner(engine, keep=keep)
         writers = settings.writers
     writer = BatchWriter(
         run_batch,

@@ -130,21 +130,26 @@ class AsyncBatchRunner:
 
     Connections are kept between batches instead of going back to the pool,
     which skips the pool's pre-ping: one round trip per batch. A kept
-    connection that died while idle fails its batch with a disconnect error,
-    and the batch then runs once more on a new connection from the pool, so
-    its posts do not fail. A connection lost during the commit may leave the
-    batch committed. Running it again is still safe: its tokens are then
-    known with the same content, and each post gets 200 as a retry.
+    connection that was lost fails its batch with a disconnect error, and
+    the batch then runs once more on a new connection from the pool, so its
+    posts do not fail. A command timeout fails the batch with 503 and drops
+    its connection, without running the batch again. A connection lost
+    during the commit may leave the batch committed. Running it again is
+    still safe: its tokens are then known with the same content, and each
+    post gets 200 as a retry.
 
     A batch that fails otherwise is rolled back and applied again post by
     post, each post in a savepoint, so one bad post does not fail its
     neighbours.
     """
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, keep: int) -> None:
         self._engine = engine
         # Connections between batches; each writer task takes one while it runs a batch.
         self._idle: list[AsyncConnection] = []
+        # Connections kept at most; more go back to the pool after their batch,
+        # so that health checks and other queries still find one there.
+        self._keep = keep
 
     async def __call__(self, webhooks: list[VerifiedWebhook], now: datetime) -> list[BatchResult]:
         async with translate_errors():
@@ -177,7 +182,10 @@ class AsyncBatchRunner:
             # Its state is unknown; the pool resets it or discards it if invalidated.
             await connection.close()
             raise
-        self._idle.append(connection)
+        if connection.invalidated or len(self._idle) >= self._keep:
+            await connection.close()
+        else:
+            self._idle.append(connection)
         return results
 
     async def _apply(
@@ -187,11 +195,11 @@ class AsyncBatchRunner:
             try:
                 async with session.begin():
                     return list(await session.run_sync(apply_batch, webhooks, now))
-            except DBAPIError as error:
-                if error.connection_invalidated:
-                    raise
-                _log_batch_retry(len(webhooks), error)
             except Exception as error:  # noqa: BLE001 - the posts are retried one by one below
+                # A lost or timed-out connection (asyncpg closes it on a command
+                # timeout) fails the batch instead of the posts one by one.
+                if connection.invalidated:
+                    raise
                 _log_batch_retry(len(webhooks), error)
             async with session.begin():
                 return await session.run_sync(apply_each, webhooks, now)

@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import hdrs
+from aiohttp import hdrs, web
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy.engine import make_url
 
@@ -62,12 +62,17 @@ async def assert_unavailable(status: int, headers: Any, text: str) -> None:
     assert "Traceback" not in text
 
 
-@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-async def test_cut_database_gives_503_then_recovers(engine, database_url):
+async def proxied_app(database_url: str) -> tuple[TcpProxy, web.Application]:
+    """Start a proxy to the database; return it and an app that connects through it."""
     proxy = proxy_for(database_url)
     await proxy.start()
     settings = Settings(database=DatabaseSettings(url=proxied(database_url, proxy)))
-    app = create_app(settings, [SIGNING_KEY], create_tables=False, reconcile=False)
+    return proxy, create_app(settings, [SIGNING_KEY], create_tables=False, reconcile=False)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_cut_database_gives_503_then_recovers(engine, database_url):
+    proxy, app = await proxied_app(database_url)
     await insert_document(engine, "INV-1", FIXTURE_MESSAGE_ID)
     try:
         async with TestClient(TestServer(app)) as client:
@@ -99,10 +104,7 @@ async def test_cut_database_gives_503_then_recovers(engine, database_url):
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_pool_replaces_dropped_idle_connections(engine, database_url):
     """Connections that died while idle are replaced, and no post fails."""
-    proxy = proxy_for(database_url)
-    await proxy.start()
-    settings = Settings(database=DatabaseSettings(url=proxied(database_url, proxy)))
-    app = create_app(settings, [SIGNING_KEY], create_tables=False, reconcile=False)
+    proxy, app = await proxied_app(database_url)
     for number in range(8):
         await insert_document(engine, f"INV-{number}", f"<pool-{number}@mg.example.com>")
 
@@ -133,10 +135,7 @@ async def test_pool_replaces_dropped_idle_connections(engine, database_url):
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_lost_writer_connection_retries_batch(engine, database_url, caplog):
     """The writer's kept connection dies while idle; the next batch runs on a new one."""
-    proxy = proxy_for(database_url)
-    await proxy.start()
-    settings = Settings(database=DatabaseSettings(url=proxied(database_url, proxy)))
-    app = create_app(settings, [SIGNING_KEY], create_tables=False, reconcile=False)
+    proxy, app = await proxied_app(database_url)
     await insert_document(engine, "INV-1", FIXTURE_MESSAGE_ID)
     try:
         async with TestClient(TestServer(app)) as client:

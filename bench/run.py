@@ -382,10 +382,10 @@ def parse_wrk(output: str, seconds: int) -> WrkResult:
         scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
         return value * scale
 
-    def required(pattern: str, what: str) -> re.Match[str]:
+    def required(pattern: str, description: str) -> re.Match[str]:
         match = re.search(pattern, output)
         if match is None:
-            raise ValueError(f"wrk output has no {what}:\n{output}")
+            raise ValueError(f"wrk output has no {description}:\n{output}")
         return match
 
     elapsed = required(r"(\d+) requests in ([\d.]+)(ms|s|m)", "request count")

@@ -25,7 +25,7 @@ def delivered(number: int):
     return verified(signed(data))
 
 
-async def test_runner_keeps_at_most_keep_connections(engine):
+async def test_runner_keeps_limited_connections(engine):
     for number in range(2):
         await insert_document(engine, f"INV-{number}", f"<runner-{number}@mg.example.com>")
     runner = AsyncBatchRunner(engine, keep=1)
@@ -41,15 +41,15 @@ async def test_runner_keeps_at_most_keep_connections(engine):
 async def test_runner_drops_timed_out_connection(engine, database_url, caplog):
     await insert_document(engine, "INV-1", FIXTURE_MESSAGE_ID)
     # The runner's own engine gives up on a statement after 1 s.
-    impatient = create_async_engine(database_url, connect_args={"command_timeout": 1})
-    runner = AsyncBatchRunner(impatient, keep=2)
+    short_timeout_engine = create_async_engine(database_url, connect_args={"command_timeout": 1})
+    runner = AsyncBatchRunner(short_timeout_engine, keep=2)
     try:
         async with engine.connect() as holder:
             await holder.begin()
             await holder.execute(text("SELECT id FROM documents WHERE id = 'INV-1' FOR UPDATE"))
             with pytest.raises(DatabaseUnavailable, match="TimeoutError"):
                 await runner([verified(signed(fixture("delivered")))], NOW)
-            assert impatient.pool.checkedout() == 0
+            assert short_timeout_engine.pool.checkedout() == 0
             # The posts are not tried one by one on a connection that timed out.
             assert [r.getMessage() for r in caplog.records if r.name.startswith("mgwebhook")] == []
             await holder.rollback()
@@ -57,11 +57,11 @@ async def test_runner_drops_timed_out_connection(engine, database_url, caplog):
         [result] = await runner([verified(signed(fixture("complained")))], NOW)
         assert isinstance(result, IngestResult)
         assert result.outcome == "applied"
-        assert impatient.pool.checkedout() == 1
+        assert short_timeout_engine.pool.checkedout() == 1
         assert await status_of(engine, "INV-1") == "COMPLAINED"
     finally:
         await runner.close()
-        await impatient.dispose()
+        await short_timeout_engine.dispose()
 
 
 async def test_lost_connection_fails_whole_fallback(engine):

@@ -145,18 +145,18 @@ class AsyncBatchRunner:
 
     def __init__(self, engine: AsyncEngine, *, keep: int) -> None:
         self._engine = engine
-        # Connections between batches; each writer task takes one while it runs a batch.
+        # Connections idle between batches. A writer task takes one for each batch.
         self._idle: list[AsyncConnection] = []
-        # Connections kept at most; more go back to the pool after their batch,
-        # so that health checks and other queries still find one there.
+        # Maximum number of connections kept between batches. Others go back to
+        # the pool after their batch, so health checks and other queries find one.
         self._keep = keep
 
     async def __call__(self, webhooks: list[VerifiedWebhook], now: datetime) -> list[BatchResult]:
         async with translate_errors():
-            kept = self._idle.pop() if self._idle else None
-            if kept is not None:
+            reused = self._idle.pop() if self._idle else None
+            if reused is not None:
                 try:
-                    return await self._apply_and_keep(kept, webhooks, now)
+                    return await self._apply_and_keep(reused, webhooks, now)
                 except DBAPIError as error:
                     if not error.connection_invalidated:
                         raise
@@ -196,8 +196,8 @@ class AsyncBatchRunner:
                 async with session.begin():
                     return list(await session.run_sync(apply_batch, webhooks, now))
             except Exception as error:  # noqa: BLE001 - the posts are retried one by one below
-                # A lost or timed-out connection (asyncpg closes it on a command
-                # timeout) fails the batch instead of the posts one by one.
+                # A connection that was lost, or timed out (the driver path then
+                # discards it), fails the whole batch instead of each post.
                 if connection.invalidated:
                     raise
                 _log_batch_retry(len(webhooks), error)

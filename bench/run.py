@@ -184,7 +184,7 @@ def prepare_database(args: argparse.Namespace, workdir: Path) -> str:
     else:
         drop_postgres_database(args.postgres_url)
         asyncio.run(execute_autocommit(args.postgres_url, f"CREATE DATABASE {BENCH_DATABASE}"))
-        url = args.postgres_url.rsplit("/", 1)[0] + f"/{BENCH_DATABASE}"
+        url = with_database(args.postgres_url, BENCH_DATABASE)
     asyncio.run(seed(url, args.rows, args.stored_events))
     return url
 
@@ -208,7 +208,12 @@ def drop_postgres_database(url: str, name: str = BENCH_DATABASE) -> None:
 
 
 def database_name(url: str) -> str:
-    return url.rsplit("/", 1)[1]
+    return str(make_url(url).database)
+
+
+def with_database(url: str, name: str) -> str:
+    """Return `url` naming database `name`, keeping its query (a socket folder, SSL options)."""
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
 
 
 def copy_database(args: argparse.Namespace, url: str, workdir: Path, mode: str) -> str:
@@ -223,7 +228,7 @@ def copy_database(args: argparse.Namespace, url: str, workdir: Path, mode: str) 
     # A template copy keeps the seed's planner statistics.
     statement = f"CREATE DATABASE {name} TEMPLATE {BENCH_DATABASE}"
     asyncio.run(execute_autocommit(args.postgres_url, statement))
-    return url.rsplit("/", 1)[0] + f"/{name}"
+    return with_database(url, name)
 
 
 async def execute_autocommit(url: str, statement: str) -> None:

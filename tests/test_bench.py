@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench import reference_receivers as reference
-from bench.run import MemoryTrace, WrkResult, parse_wrk, report
+from bench.run import MemoryTrace, WrkResult, database_name, parse_wrk, report, with_database
 from mgwebhook.samples import event_data, signature_block
 from tests.conftest import SIGNING_KEY
 from tests.helpers import audit_rows, insert_document, status_of, token_count
@@ -190,3 +190,25 @@ def test_parse_wrk_reads_rates_and_latency():
 def test_parse_wrk_rejects_output_without_rate():
     with pytest.raises(ValueError, match="wrk output has no rate"):
         parse_wrk(WRK_OUTPUT.replace("Requests/sec:   3244.41\n", ""), 3)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            "postgresql+asyncpg://postgres@127.0.0.1:5432/test",
+            "postgresql+asyncpg://postgres@127.0.0.1:5432/mgwebhook_bench_7",
+        ),
+        (
+            "postgresql+asyncpg://postgres@/test?host=/var/run/postgresql",
+            "postgresql+asyncpg://postgres@/mgwebhook_bench_7?host=%2Fvar%2Frun%2Fpostgresql",
+        ),
+        (
+            "postgresql+asyncpg://bench:s%40cret@db:5432/test?ssl=require",
+            "postgresql+asyncpg://bench:s%40cret@db:5432/mgwebhook_bench_7?ssl=require",
+        ),
+    ],
+)
+def test_with_database_keeps_query_and_password(url, expected):
+    assert with_database(url, "mgwebhook_bench_7") == expected
+    assert database_name(expected) == "mgwebhook_bench_7"

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import copy
+import email.parser
+import email.policy
 import json
 import secrets
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 from aiohttp import MultipartWriter
 from aiohttp.test_utils import TestClient
 from sqlalchemy import select
@@ -162,3 +165,17 @@ async def token_count(engine: AsyncEngine) -> int:
 
 def now() -> int:
     return int(time.time())
+
+
+def multipart_fields(request: httpx.Request) -> list[tuple[str, str]]:
+    """Return the (name, value) fields of a multipart/form-data request, in order."""
+    content_type = request.headers["Content-Type"]
+    assert content_type.startswith("multipart/form-data; boundary=")
+    head = f"Content-Type: {content_type}\r\n\r\n".encode()
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + request.read())
+    fields = []
+    for part in message.iter_parts():
+        assert part.get_filename() is None
+        name = part.get_param("name", header="content-disposition")
+        fields.append((str(name), part.get_payload(decode=True).decode()))
+    return fields

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import unquote
 
 import httpx
 import pytest
@@ -20,6 +20,7 @@ from typer.testing import CliRunner, Result
 from mgwebhook.cli.app import app
 from mgwebhook.mailgun import client as client_module
 from mgwebhook.mailgun.client import RetryPolicy
+from tests.helpers import multipart_fields
 
 API_KEY = "key-0123456789abcdef0123456789abcdef"
 DOMAIN = "mg.example.com"
@@ -112,7 +113,7 @@ class FakeMailgun:
     def _create(self, request: httpx.Request) -> httpx.Response:
         if failure := self._injected_failure(request):
             return failure
-        fields = parse_qsl(request.content.decode())
+        fields = multipart_fields(request)
         self.writes.append(("POST", dict(fields)["id"], fields))
         webhook_id = dict(fields)["id"]
         urls = [value for key, value in fields if key == "url"]
@@ -127,7 +128,7 @@ class FakeMailgun:
         if failure := self._injected_failure(request):
             return failure
         webhook_id = unquote(webhook_id)
-        fields = parse_qsl(request.content.decode())
+        fields = multipart_fields(request)
         self.writes.append(("PUT", webhook_id, fields))
         urls = [value for key, value in fields if key == "url"]
         if webhook_id not in self.webhooks:
@@ -213,8 +214,7 @@ def test_register_fresh_domain_creates_all(router: respx.MockRouter, config_file
         ("POST", webhook_id, [("id", webhook_id), ("url", OURS)]) for webhook_id in HANDLED
     ]
     for call in fake.create_route.calls:
-        assert call.request.headers["Content-Type"] == "application/x-www-form-urlencoded"
-        assert call.request.content.decode().startswith("id=")
+        assert call.request.headers["Content-Type"].startswith("multipart/form-data; boundary=")
     assert fake.webhooks == {webhook_id: [OURS] for webhook_id in HANDLED}
 
 

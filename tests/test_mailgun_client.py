@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator, Iterator
-from urllib.parse import parse_qsl
 
 import httpx
 import pytest
@@ -14,6 +13,7 @@ from mgwebhook.config import EnvironmentSettings
 from mgwebhook.errors import ConfigError, MailgunApiError
 from mgwebhook.mailgun.client import MailgunClient, RetryPolicy, base_url_for, read_api_key
 from mgwebhook.mailgun.sync import plan_register
+from tests.helpers import multipart_fields
 
 API_KEY = "key-0123456789abcdef0123456789abcdef"
 DOMAIN = "mg.example.com"
@@ -52,10 +52,6 @@ def mailgun() -> Iterator[respx.MockRouter]:
 async def mailgun_client(sleep: RecordingSleep) -> AsyncIterator[MailgunClient]:
     async with MailgunClient.for_environment(ENVIRONMENT, api_key=API_KEY, sleep=sleep) as client:
         yield client
-
-
-def form_fields(request: httpx.Request) -> list[tuple[str, str]]:
-    return parse_qsl(request.content.decode(), keep_blank_values=True)
 
 
 async def test_list_webhooks_sends_basic_auth(
@@ -125,7 +121,7 @@ async def test_list_webhooks_html_body(
         await mailgun_client.list_webhooks()
 
 
-async def test_create_webhook_posts_form(
+async def test_create_webhook_posts_multipart_form(
     mailgun: respx.MockRouter, mailgun_client: MailgunClient
 ) -> None:
     route = mailgun.post(COLLECTION).respond(200, json={"message": "Webhook has been created"})
@@ -133,11 +129,10 @@ async def test_create_webhook_posts_form(
     await mailgun_client.create_webhook("delivered", [FOREIGN, OURS])
 
     request = route.calls.last.request
-    assert request.headers["Content-Type"] == "application/x-www-form-urlencoded"
-    assert form_fields(request) == [("id", "delivered"), ("url", FOREIGN), ("url", OURS)]
+    assert multipart_fields(request) == [("id", "delivered"), ("url", FOREIGN), ("url", OURS)]
 
 
-async def test_update_webhook_puts_form(
+async def test_update_webhook_puts_multipart_form(
     mailgun: respx.MockRouter, mailgun_client: MailgunClient
 ) -> None:
     route = mailgun.put(f"{COLLECTION}/permanent_fail").respond(200, json={"message": "updated"})
@@ -145,8 +140,7 @@ async def test_update_webhook_puts_form(
     await mailgun_client.update_webhook("permanent_fail", [FOREIGN, OURS])
 
     request = route.calls.last.request
-    assert request.headers["Content-Type"] == "application/x-www-form-urlencoded"
-    assert form_fields(request) == [("url", FOREIGN), ("url", OURS)]
+    assert multipart_fields(request) == [("url", FOREIGN), ("url", OURS)]
 
 
 async def test_delete_webhook_sends_delete(
@@ -170,8 +164,8 @@ async def test_apply_change_sends_planned_request(
         await mailgun_client.apply_change(change)
 
     assert update.call_count == 1
-    assert form_fields(update.calls.last.request) == [("url", FOREIGN), ("url", OURS)]
-    created = [dict(form_fields(call.request))["id"] for call in create.calls]
+    assert multipart_fields(update.calls.last.request) == [("url", FOREIGN), ("url", OURS)]
+    created = [dict(multipart_fields(call.request))["id"] for call in create.calls]
     assert created == ["temporary_fail", "complained"]
 
 
@@ -384,7 +378,7 @@ async def test_server_error_then_success(
     assert route.call_count == 2
     assert sleep.waits == [1.0]
     for call in route.calls:
-        assert form_fields(call.request) == [("id", "delivered"), ("url", OURS)]
+        assert multipart_fields(call.request) == [("id", "delivered"), ("url", OURS)]
 
 
 async def test_server_error_exhausts_retries(

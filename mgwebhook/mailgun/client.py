@@ -168,7 +168,7 @@ class MailgunClient:
         }
 
     async def create_webhook(self, webhook_id: str, urls: Sequence[str]) -> None:
-        """Create `webhook_id` with `urls` (POST, form-encoded).
+        """Create `webhook_id` with `urls` (POST, multipart form).
 
         Mailgun responds with 400 when the id already has URLs. If the id then has
         exactly `urls`, an earlier attempt of this request was stored before its
@@ -176,9 +176,8 @@ class MailgunClient:
         """
         _check_url_count(urls)
         try:
-            await self._request(
-                "POST", self._collection_path, data={"id": webhook_id, "url": list(urls)}
-            )
+            fields = [("id", webhook_id), *(("url", url) for url in urls)]
+            await self._request("POST", self._collection_path, fields=fields)
         except MailgunApiError as error:
             if error.status != 400:
                 raise
@@ -198,9 +197,10 @@ class MailgunClient:
             ) from error
 
     async def update_webhook(self, webhook_id: str, urls: Sequence[str]) -> None:
-        """Replace the whole URL list of `webhook_id` with `urls` (PUT, form-encoded)."""
+        """Replace the whole URL list of `webhook_id` with `urls` (PUT, multipart form)."""
         _check_url_count(urls)
-        await self._request("PUT", self._webhook_path(webhook_id), data={"url": list(urls)})
+        fields = [("url", url) for url in urls]
+        await self._request("PUT", self._webhook_path(webhook_id), fields=fields)
 
     async def delete_webhook(self, webhook_id: str) -> None:
         """Delete `webhook_id` and all its URLs.
@@ -228,15 +228,21 @@ class MailgunClient:
         return f"{self._collection_path}/{quote(webhook_id, safe='')}"
 
     async def _request(
-        self, method: str, path: str, *, data: Mapping[str, Any] | None = None
+        self, method: str, path: str, *, fields: Sequence[tuple[str, str]] = ()
     ) -> httpx.Response:
-        """Send one API request, retrying 429, 5xx, timeouts and network errors."""
+        """Send one API request, retrying 429, 5xx, timeouts and network errors.
+
+        `fields` are sent as multipart/form-data, the content type that
+        Mailgun's API reference gives for creating and updating webhooks.
+        """
+        # A part with no file name is a plain form field.
+        files = [(name, (None, value.encode())) for name, value in fields] or None
         url = f"{self.base_url}{path}"
         attempt = 0
         while True:
             attempt += 1
             try:
-                response = await self._http.request(method, url, data=data)
+                response = await self._http.request(method, url, files=files)
             except RETRYABLE_TRANSPORT_ERRORS as error:
                 if attempt >= self._retry.max_attempts:
                     raise self._transport_error(method, url, error, attempt) from error

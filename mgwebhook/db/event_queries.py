@@ -7,7 +7,6 @@ bound parameters, and the recipient filter escapes LIKE wildcards, so quotes,
 
 from __future__ import annotations
 
-import uuid
 from collections import defaultdict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -16,7 +15,6 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
-    Uuid,
     and_,
     delete,
     exists,
@@ -30,12 +28,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mgwebhook.db.schema import (
     SUBJECT_TABLES,
-    SubjectTable,
     email_events,
     normalised_message_id,
     webhook_events,
     webhook_tokens,
 )
+from mgwebhook.db.subject_ids import subject_key
 
 # raw_payload is NOT NULL, so prune marks a removed payload with the empty string.
 # A received payload is never empty: it carries at least the signature fields.
@@ -104,25 +102,6 @@ def _subject_message_ids(subject_type: str, subject_id: str) -> Any:
         return audited
     current = select(normalised_message_id(subject.message_id)).where(subject.id == key)
     return current.union(audited)
-
-
-def subject_key(subject: SubjectTable, text: str) -> Any | None:
-    """Return `text` as a value of the subject table's id type, or None if it cannot be one.
-
-    Mapped tables may have integer or UUID ids, and comparing such a column with
-    text that is not a valid id fails on PostgreSQL.
-    """
-    column_type = subject.id.type
-    try:
-        if isinstance(column_type, Uuid):
-            return str(uuid.UUID(text))
-        if column_type.python_type is int:
-            number = int(text)
-            # BIGINT range.
-            return number if -(2**63) <= number < 2**63 else None
-    except ValueError:
-        return None
-    return text
 
 
 async def list_events(

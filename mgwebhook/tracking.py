@@ -17,6 +17,7 @@ from mgwebhook.db import repository
 from mgwebhook.db.engine import session_factory
 from mgwebhook.db.errors import translate_errors
 from mgwebhook.db.schema import SUBJECT_TABLES
+from mgwebhook.db.subject_ids import parse_subject_id
 from mgwebhook.payloads import normalise_message_id
 from mgwebhook.statuses import EmailStatus
 
@@ -26,6 +27,7 @@ SUBJECT_TYPES = tuple(SUBJECT_TABLES)
 @dataclass(frozen=True)
 class TrackResult:
     subject_type: str
+    # The id as the table returns it, so a UUID is dashed and lower case.
     subject_id: str
     message_id: str
     status: str | None
@@ -44,7 +46,9 @@ async def record_sent_email(
 
     A row that already has this message id keeps its status. Events for this
     message id that arrived before the row was tracked are applied in the same
-    transaction. The caller commits.
+    transaction. The caller commits. Raises ValueError, naming the value, for an
+    unknown subject type, an id that does not fit the table's id type or an
+    empty message id.
     """
     return await session.run_sync(record_sent_email_sync, subject_type, subject_id, message_id, now)
 
@@ -63,25 +67,25 @@ def record_sent_email_sync(
         )
     if not subject_id.strip():
         raise ValueError("subject id is empty; pass the document or tenant id")
+    key = parse_subject_id(SUBJECT_TABLES[subject_type], subject_id)
     normalised = normalise_message_id(message_id)
     if normalised is None:
         raise ValueError(f"message id {message_id!r} is empty once angle brackets are removed")
 
     now = now or ingest.utc_now()
-    existing = repository.get_subject(session, subject_type, subject_id)
+    existing = repository.get_subject(session, subject_type, key)
     # Tracking the same message again keeps the status its events gave it.
     if existing is None or normalise_message_id(existing.email_message_id) != normalised:
-        repository.upsert_subject(
-            session, subject_type, subject_id, normalised, EmailStatus.SENT, now
-        )
+        repository.upsert_subject(session, subject_type, key, normalised, EmailStatus.SENT, now)
     applied = []
     for event_id in repository.unmatched_event_ids(session, normalised):
         result = ingest.reprocess_stored_event_sync(session, event_id, now)
         if result.outcome is ingest.Outcome.APPLIED:
             applied.append(event_id)
-    row = repository.get_subject(session, subject_type, subject_id)
-    status = row.email_status if row is not None else None
-    return TrackResult(subject_type, subject_id, normalised, status, applied)
+    row = repository.get_subject(session, subject_type, key)
+    if row is None:
+        return TrackResult(subject_type, str(key), normalised, None, applied)
+    return TrackResult(subject_type, row.subject_id, normalised, row.email_status, applied)
 
 
 async def track_email(

@@ -1,4 +1,4 @@
-"""`events`, `history` and reconciliation on subject tables owned by the invoicing API."""
+"""`track`, `events`, `history` and reconciliation on the invoicing API's own subject tables."""
 
 from __future__ import annotations
 
@@ -132,3 +132,141 @@ async def test_mapped_reconcile_applies_late_row(mapped):
             text("SELECT verification_status FROM accounts WHERE account_id = 8")
         )
     assert status == "DELIVERED"
+
+
+# Documents keyed by UUID. The API stored each id in another spelling, which
+# PostgreSQL's uuid type reads as one value and SQLite keeps as typed.
+UUID_MAPPING = """
+[subjects]
+managed = false
+
+[subjects.document]
+table = "docs"
+id_type = "uuid"
+message_id_column = "msg"
+status_column = "state"
+status_updated_at_column = ""
+
+[subjects.tenant]
+table = "tens"
+message_id_column = "msg"
+status_column = "state"
+status_updated_at_column = ""
+"""
+
+# (id as the API stored it, the same id as mgwebhook prints it)
+STORED_UUIDS = [
+    ("6f1e2b3c4d5e4f60a1b2c3d4e5f60718", "6f1e2b3c-4d5e-4f60-a1b2-c3d4e5f60718"),
+    ("320c48de-0d9d-4e45-91b0-c90b9f54e927", "320c48de-0d9d-4e45-91b0-c90b9f54e927"),
+    ("A7C3E9F1-2B4D-4C6E-8F0A-1B2C3D4E5F60", "a7c3e9f1-2b4d-4c6e-8f0a-1b2c3d4e5f60"),
+    ("0D9B5C2E8F7A4B1C9E3D2F6A8B7C5D4E", "0d9b5c2e-8f7a-4b1c-9e3d-2f6a8b7c5d4e"),
+]
+
+# How a user may type a UUID.
+TYPED_SPELLINGS = {
+    "hex": lambda uuid: uuid.replace("-", ""),
+    "upper-hex": lambda uuid: uuid.replace("-", "").upper(),
+    "dashed": lambda uuid: uuid,
+    "upper-dashed": lambda uuid: uuid.upper(),
+}
+
+
+@pytest.fixture
+async def uuid_mapped(database_url: str, tmp_path: Path, aiohttp_client):
+    """A client of an app on UUID-keyed documents, the engine and the config file."""
+    await reset_database(database_url)
+    engine = create_engine(database_url)
+    uuid_type = "UUID" if engine.dialect.name == "postgresql" else "VARCHAR(36)"
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(f"CREATE TABLE docs (id {uuid_type} PRIMARY KEY, msg TEXT, state VARCHAR(20))")
+        )
+        await connection.execute(
+            text("CREATE TABLE tens (id TEXT PRIMARY KEY, msg TEXT, state VARCHAR(20))")
+        )
+        for number, (stored, _uuid) in enumerate(STORED_UUIDS):
+            await connection.execute(
+                text("INSERT INTO docs VALUES (:id, :msg, 'SENT')"),
+                {"id": stored, "msg": f"<old-{number}@mg.example.com>"},
+            )
+    config = tmp_path / "uuid.toml"
+    config.write_text(f'[database]\nurl = "{database_url}"\n{UUID_MAPPING}')
+    assert (await invoke(["db", "upgrade", "--config", str(config)], {})).exit_code == 0
+    settings = load_settings(config, environ={})
+    configure_subjects(settings.subjects)
+    app = create_app(settings, [SIGNING_KEY], engine=engine, create_tables=False, reconcile=False)
+    client = await aiohttp_client(app)
+    yield client, engine, config
+    await engine.dispose()
+    configure_subjects(load_settings(None, environ={}).subjects)
+
+
+async def document_rows(engine) -> list[tuple[str, str, str]]:
+    """Return every document as (id as stored, message id, status), by message id."""
+    async with engine.connect() as connection:
+        rows = await connection.execute(text("SELECT id, msg, state FROM docs ORDER BY msg"))
+        return [(str(row[0]), row[1], row[2]) for row in rows]
+
+
+def stored_as(database_url: str, stored: str, uuid: str) -> str:
+    """Return the text that reading docs.id gives: SQLite keeps the stored spelling."""
+    return stored if database_url.startswith("sqlite") else uuid
+
+
+def untouched_rows(database_url: str) -> list[tuple[str, str, str]]:
+    """Return the documents as the fixture inserted them, in the order of `document_rows`."""
+    return [
+        (stored_as(database_url, stored, uuid), f"<old-{number}@mg.example.com>", "SENT")
+        for number, (stored, uuid) in enumerate(STORED_UUIDS)
+    ]
+
+
+@pytest.mark.parametrize("spelling", list(TYPED_SPELLINGS))
+async def test_track_finds_uuid_in_any_spelling(uuid_mapped, database_url, spelling):
+    _client, engine, config = uuid_mapped
+    typed = TYPED_SPELLINGS[spelling]
+
+    for number, (_stored, uuid) in enumerate(STORED_UUIDS):
+        result = await invoke(
+            ["track", "document", typed(uuid), f"<new-{number}@mg>", "--config", str(config)], {}
+        )
+        assert result.exit_code == 0, result.output
+        expected = f"Tracked document {uuid}: message id new-{number}@mg, status SENT\n"
+        assert result.output == expected
+
+    assert await document_rows(engine) == [
+        (stored_as(database_url, stored, uuid), f"new-{number}@mg", "SENT")
+        for number, (stored, uuid) in enumerate(STORED_UUIDS)
+    ]
+
+
+async def test_track_stores_new_uuid_once(uuid_mapped, database_url):
+    client, engine, config = uuid_mapped
+    uuid = "5b0e7a4c-9d21-4f3e-8a6b-7c1d2e3f4a5b"
+
+    first = await invoke(
+        ["track", "document", uuid.upper(), "<fresh@mg>", "--config", str(config)], {}
+    )
+    await post_event(client, "delivered", "fresh@mg")
+    second = await invoke(["track", "document", uuid, "<fresh@mg>", "--config", str(config)], {})
+
+    assert first.output == f"Tracked document {uuid}: message id fresh@mg, status SENT\n"
+    assert second.output == f"Tracked document {uuid}: message id fresh@mg, status DELIVERED\n"
+    # SQLAlchemy writes a UUID as 32 hex digits on SQLite.
+    stored = uuid.replace("-", "")
+    assert await document_rows(engine) == [
+        *untouched_rows(database_url),
+        (stored_as(database_url, stored, uuid), "fresh@mg", "DELIVERED"),
+    ]
+
+
+async def test_invalid_uuid_is_rejected_by_name(uuid_mapped, database_url):
+    _client, engine, config = uuid_mapped
+
+    tracked = await invoke(["track", "document", "INV-7", "<m@mg>", "--config", str(config)], {})
+    assert tracked.exit_code == 1
+    assert tracked.output == (
+        "Error: document id 'INV-7' is not a valid UUID; pass 32 hex digits, with or without "
+        "dashes\n"
+    )
+    assert await document_rows(engine) == untouched_rows(database_url)

@@ -164,6 +164,9 @@ async def test_track_converts_integer_ids(api_database):
     bad = await invoke(["track", "tenant", "eight", "m@x", "--config", str(config)])
     assert bad.exit_code == 1
     assert "tenant id 'eight' is not a valid int" in bad.output
+    huge = await invoke(["track", "tenant", str(2**63), "m@x", "--config", str(config)])
+    assert huge.exit_code == 1
+    assert f"tenant id '{2**63}' is outside the range of a 64-bit integer id" in huge.output
 
 
 def test_one_column_for_two_roles_is_rejected(tmp_path):

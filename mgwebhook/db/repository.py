@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from mgwebhook.db.batch import SubjectRow
 from mgwebhook.db.schema import SUBJECT_TABLES, webhook_events
+from mgwebhook.db.subject_ids import ids_condition
 
 
 def as_utc(value: datetime | None) -> datetime | None:
@@ -36,46 +37,41 @@ def set_webhook_event_outcome(
     )
 
 
-def parse_subject_id(subject_type: str, text: str) -> Any:
-    """Convert an id typed by a user to the type of the subject table's id column."""
-    python_type = SUBJECT_TABLES[subject_type].id.type.python_type
-    if python_type is str:
-        return text
-    try:
-        return python_type(text)
-    except ValueError:
-        raise ValueError(
-            f"{subject_type} id {text!r} is not a valid {python_type.__name__}; "
-            "pass the id as stored in the table"
-        ) from None
-
-
 def upsert_subject(
     session: Session,
     subject_type: str,
-    subject_id: str,
+    key: Any,
     message_id: str,
     status: str,
     now: datetime,
 ) -> None:
-    """Create the row or set its message id and status."""
+    """Create the row with id `key` or set its message id and status.
+
+    `key` is a value from `subject_ids.parse_subject_id`. On SQLite, every row
+    whose id is one of the `uuid_spellings` of that UUID is updated, as a
+    webhook updates every row it matches.
+    """
     subject = SUBJECT_TABLES[subject_type]
     values: dict[str, Any] = {subject.message_id.key: message_id, subject.status.key: status}
     if subject.status_updated_at is not None:
         values[subject.status_updated_at.key] = now
-    key = parse_subject_id(subject_type, subject_id)
-    existing = session.scalar(select(subject.id).where(subject.id == key))
+    matching = ids_condition(subject, [key], session.get_bind().dialect)
+    existing = session.scalar(select(subject.id).where(matching).limit(1))
     if existing is None:
         session.execute(subject.table.insert().values({subject.id.key: key, **values}))
     else:
-        session.execute(update(subject.table).where(subject.id == key).values(values))
+        session.execute(update(subject.table).where(matching).values(values))
 
 
-def get_subject(session: Session, subject_type: str, subject_id: str) -> SubjectRow | None:
+def get_subject(session: Session, subject_type: str, key: Any) -> SubjectRow | None:
+    """Return the row with id `key`, a value from `subject_ids.parse_subject_id`, or None."""
     subject = SUBJECT_TABLES[subject_type]
-    key = parse_subject_id(subject_type, subject_id)
+    matching = ids_condition(subject, [key], session.get_bind().dialect)
     row = session.execute(
-        select(subject.id, subject.status, subject.message_id).where(subject.id == key)
+        select(subject.id, subject.status, subject.message_id)
+        .where(matching)
+        .order_by(subject.id)
+        .limit(1)
     ).first()
     if row is None:
         return None

@@ -260,6 +260,34 @@ async def test_track_stores_new_uuid_once(uuid_mapped, database_url):
     ]
 
 
+@pytest.mark.parametrize("spelling", list(TYPED_SPELLINGS))
+async def test_history_finds_uuid_in_any_spelling(uuid_mapped, spelling):
+    client, _engine, config = uuid_mapped
+    typed = TYPED_SPELLINGS[spelling]
+    for number in range(len(STORED_UUIDS)):
+        await post_event(client, "delivered", f"old-{number}@mg.example.com")
+
+    for number, (_stored, uuid) in enumerate(STORED_UUIDS):
+        for target in (typed(uuid), f"document:{typed(uuid)}"):
+            result = await invoke(["history", target, "--json", "--config", str(config)], {})
+            assert result.exit_code == 0, result.output
+            [record] = json_lines(result.stdout)
+            assert record["subject_type"] == "document"
+            assert record["subject_id"] == uuid
+            assert record["email_status"] == "DELIVERED"
+            assert record["email_message_id"] == f"old-{number}@mg.example.com"
+            events = [(e["subject_id"], e["event_type"]) for e in record["events"]]
+            assert events == [(uuid, "EMAIL_DELIVERED")]
+
+        listed = await invoke(
+            ["events", "list", "--json", "--subject", f"document:{typed(uuid)}"]
+            + ["--config", str(config)],
+            {},
+        )
+        assert listed.exit_code == 0, listed.output
+        assert [record["id"] for record in json_lines(listed.stdout)] == [number + 1]
+
+
 async def test_invalid_uuid_is_rejected_by_name(uuid_mapped, database_url):
     _client, engine, config = uuid_mapped
 
@@ -270,3 +298,13 @@ async def test_invalid_uuid_is_rejected_by_name(uuid_mapped, database_url):
         "dashes\n"
     )
     assert await document_rows(engine) == untouched_rows(database_url)
+
+    prefixed = await invoke(["history", "document:INV-7", "--config", str(config)], {})
+    assert prefixed.exit_code == 2
+    assert "document id 'INV-7' is not a valid UUID" in " ".join(
+        prefixed.output.replace("│", " ").split()
+    )
+
+    untyped = await invoke(["history", "INV-7", "--config", str(config)], {})
+    assert untyped.exit_code == 1
+    assert untyped.output == "Error: no document, tenant or message id matches 'INV-7'\n"

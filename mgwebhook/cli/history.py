@@ -15,6 +15,7 @@ from mgwebhook.db import event_queries
 from mgwebhook.db.engine import session_factory
 from mgwebhook.db.errors import translate_errors
 from mgwebhook.db.schema import SUBJECT_TABLES
+from mgwebhook.db.subject_ids import parse_subject_id
 from mgwebhook.payloads import normalise_message_id
 
 
@@ -96,6 +97,10 @@ def _parse_target(target: str) -> tuple[tuple[str, ...], str | None, str | None]
     if separator and prefix in SUBJECT_TABLES:
         if not rest:
             raise typer.BadParameter(f"{target!r} has no id after {prefix}:", param_hint="TARGET")
+        try:
+            parse_subject_id(SUBJECT_TABLES[prefix], rest)
+        except ValueError as error:
+            raise typer.BadParameter(str(error), param_hint="TARGET") from None
         return (prefix,), rest, None
     if not target.strip():
         raise typer.BadParameter("TARGET is empty; pass a document id, tenant id or message id")

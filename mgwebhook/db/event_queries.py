@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Dialect,
     and_,
     delete,
     exists,
@@ -33,7 +34,7 @@ from mgwebhook.db.schema import (
     webhook_events,
     webhook_tokens,
 )
-from mgwebhook.db.subject_ids import subject_key
+from mgwebhook.db.subject_ids import ids_condition, subject_key
 
 # raw_payload is NOT NULL, so prune marks a removed payload with the empty string.
 # A received payload is never empty: it carries at least the signature fields.
@@ -66,7 +67,7 @@ class Subject:
     email_status_updated_at: datetime | None
 
 
-def _conditions(selection: EventFilter) -> list[ColumnElement[bool]]:
+def _conditions(selection: EventFilter, dialect: Dialect) -> list[ColumnElement[bool]]:
     events = webhook_events.c
     conditions: list[ColumnElement[bool]] = []
     if selection.event is not None:
@@ -82,33 +83,44 @@ def _conditions(selection: EventFilter) -> list[ColumnElement[bool]]:
     if selection.until is not None:
         conditions.append(events.received_at < selection.until)
     if selection.subject is not None:
-        conditions.append(events.message_id.in_(_subject_message_ids(*selection.subject)))
+        subject_type, subject_id = selection.subject
+        conditions.append(
+            events.message_id.in_(_subject_message_ids(subject_type, subject_id, dialect))
+        )
     return conditions
 
 
-def _subject_message_ids(subject_type: str, subject_id: str) -> Any:
+def _subject_message_ids(subject_type: str, subject_id: str, dialect: Dialect) -> Any:
     """Select every message id a subject had: its current one and those in its audit trail.
 
     Matching by message id also finds the subject's unmatched and duplicate events,
     which no audit row points to.
     """
-    audited = select(email_events.c.message_id).where(
-        email_events.c.subject_type == subject_type,
-        email_events.c.subject_id == subject_id,
-    )
     subject = SUBJECT_TABLES[subject_type]
     key = subject_key(subject, subject_id)
+    # The audit trail names a row by the text of its id as read, such as the
+    # canonical text of a UUID.
+    audited = select(email_events.c.message_id).where(
+        email_events.c.subject_type == subject_type,
+        email_events.c.subject_id == (subject_id if key is None else str(key)),
+    )
     if key is None:
         return audited
-    current = select(normalised_message_id(subject.message_id)).where(subject.id == key)
+    current = select(normalised_message_id(subject.message_id)).where(
+        ids_condition(subject, [key], dialect)
+    )
     return current.union(audited)
+
+
+def _dialect(session: AsyncSession) -> Dialect:
+    return session.get_bind().dialect
 
 
 async def list_events(
     session: AsyncSession, selection: EventFilter, limit: int, before_id: int | None = None
 ) -> Sequence[Any]:
     """Return up to `limit` matching events with an id below `before_id`, newest first."""
-    statement = select(webhook_events).where(*_conditions(selection))
+    statement = select(webhook_events).where(*_conditions(selection, _dialect(session)))
     if before_id is not None:
         statement = statement.where(webhook_events.c.id < before_id)
     statement = statement.order_by(webhook_events.c.id.desc()).limit(limit)
@@ -139,7 +151,7 @@ async def select_event_ids(session: AsyncSession, selection: EventFilter) -> lis
     """Return the ids of matching events that still have their raw payload, oldest first."""
     statement = (
         select(webhook_events.c.id)
-        .where(*_conditions(selection))
+        .where(*_conditions(selection, _dialect(session)))
         .where(webhook_events.c.raw_payload != PRUNED_PAYLOAD)
         .order_by(webhook_events.c.id)
     )
@@ -213,6 +225,7 @@ async def find_subjects(
     of the subject records it (the row was re-sent since).
     """
     found: list[Subject] = []
+    dialect = _dialect(session)
     for subject_type in subject_types:
         subject = SUBJECT_TABLES[subject_type]
         keys = []
@@ -233,7 +246,7 @@ async def find_subjects(
             matches.append(normalised_message_id(subject.message_id) == message_id)
         valid_keys = [key for key in keys if key is not None]
         if valid_keys:
-            matches.append(subject.id.in_(valid_keys))
+            matches.append(ids_condition(subject, valid_keys, dialect))
         if not matches:
             continue
         updated_at = subject.status_updated_at

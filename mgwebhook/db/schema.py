@@ -84,10 +84,11 @@ class SubjectTable:
     managed: bool = True
 
 
-# NOTE: On SQLite, `track` and `history` bind a "uuid" id as 32 hex digits, the
-# form SQLAlchemy stores there, so they miss a row holding dashed UUID text.
-# Webhooks still update such a row, because they write back the id as read.
-# Map such a column as "text" until every lookup matches the stored text.
+# NOTE: On SQLite, `record_sent_email` (which `track` runs), `history` and
+# `events list --subject` find a "uuid" id stored as 32 hex digits or as dashed
+# text, all in lower or all in upper case (`subject_ids.uuid_spellings`). They
+# miss other spellings, such as mixed case, and `track` then inserts a second
+# row for that UUID. Webhooks find such a row by its message id and update it.
 _ID_TYPES: dict[str, TypeEngine[Any]] = {
     "text": String(255),
     "integer": BigInteger(),

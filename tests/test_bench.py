@@ -130,6 +130,7 @@ def test_report_accepts_clean_run(capsys):
         "bare handler: 500/s (2xx), 0 non-2xx, p50 5.0 ms, p99 9.0 ms",
         "reference sqlite-batched: 100/s (2xx), 0 non-2xx, p50 5.0 ms, p99 9.0 ms, "
         "ratio to bare handler 0.20",
+        "mgwebhook's rate over the batched reference's: 0.90",
     ]
     assert output.err == ""
 

@@ -163,7 +163,7 @@ async def test_track_converts_integer_ids(api_database):
     assert result.output.strip() == "Tracked tenant 8: message id new@mg.example.com, status SENT"
     bad = await invoke(["track", "tenant", "eight", "m@x", "--config", str(config)])
     assert bad.exit_code == 1
-    assert "tenant id 'eight' is not a valid int" in bad.output
+    assert "tenant id 'eight' is not an integer" in bad.output
     huge = await invoke(["track", "tenant", str(2**63), "m@x", "--config", str(config)])
     assert huge.exit_code == 1
     assert f"tenant id '{2**63}' is outside the range of a 64-bit integer id" in huge.output

@@ -10,6 +10,7 @@ from mgwebhook.db.schema import subject_table
 from mgwebhook.db.subject_ids import (
     ids_condition,
     parse_subject_id,
+    stored_id_text,
     stores_uuid_as_text,
     subject_key,
     uuid_spellings,
@@ -41,7 +42,7 @@ def test_uuid_parses_to_canonical_text(typed):
         (
             "integer",
             "seven",
-            "document id 'seven' is not a valid int; pass the id as stored in the table",
+            "document id 'seven' is not an integer; pass the id as stored in the table",
         ),
         (
             "integer",
@@ -56,6 +57,29 @@ def test_invalid_id_is_named(id_type, typed, message):
         parse_subject_id(table(id_type), typed)
     assert str(raised.value) == message
     assert subject_key(table(id_type), typed) is None
+
+
+@pytest.mark.parametrize("typed", ["1_000", " 8 ", "\u0663", "8.0", "+"])
+def test_loose_integer_text_is_rejected(typed):
+    with pytest.raises(ValueError) as raised:
+        parse_subject_id(table("integer"), typed)
+    assert str(raised.value) == (
+        f"document id {typed!r} is not an integer; pass the id as stored in the table"
+    )
+
+
+@pytest.mark.parametrize(
+    ("id_type", "dialect", "stored", "expected"),
+    [
+        ("uuid", sqlite.dialect(), UUID.replace("-", "").upper(), UUID),
+        ("uuid", sqlite.dialect(), "not-a-uuid", "not-a-uuid"),
+        ("text", sqlite.dialect(), UUID.replace("-", ""), UUID.replace("-", "")),
+        ("integer", sqlite.dialect(), 7, "7"),
+        ("uuid", postgresql.dialect(), UUID, UUID),
+    ],
+)
+def test_stored_id_text(id_type, dialect, stored, expected):
+    assert stored_id_text(table(id_type), dialect, stored) == expected
 
 
 def test_integer_and_text_ids_parse():

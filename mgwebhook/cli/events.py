@@ -19,6 +19,7 @@ from mgwebhook.db.engine import session_factory
 from mgwebhook.db.errors import translate_errors
 from mgwebhook.db.event_queries import PRUNED_PAYLOAD, EventFilter
 from mgwebhook.db.schema import SUBJECT_TABLES
+from mgwebhook.db.subject_ids import parse_subject_id
 from mgwebhook.ingest import utc_now
 from mgwebhook.payloads import normalise_message_id
 from mgwebhook.replay import ERROR, ReplayResult, replay_events
@@ -356,6 +357,10 @@ def _subject(value: str) -> tuple[str, str]:
         raise typer.BadParameter(
             f"{value!r} is not a subject; use document:ID or tenant:ID", param_hint="--subject"
         )
+    try:
+        parse_subject_id(SUBJECT_TABLES[subject_type], subject_id)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--subject") from None
     return subject_type, subject_id
 
 

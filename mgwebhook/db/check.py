@@ -92,8 +92,13 @@ def _table_problems(
         for column in inspector.get_columns(table.name, schema=table.schema)
     }
     id_kind = _id_kind(subject)
+    id_types = _ID_TYPES[id_kind]
+    if id_kind == "uuid" and inspector.dialect.name == "postgresql":
+        # PostgreSQL rejects comparing a text id column with the uuid values that
+        # mgwebhook binds (operator does not exist: text = uuid).
+        id_types = (sqltypes.Uuid,)
     roles: list[tuple[str, Any, tuple[type, ...], str]] = [
-        ("id", subject.id, _ID_TYPES[id_kind], f"{id_kind}"),
+        ("id", subject.id, id_types, f"{id_kind}"),
         ("message id", subject.message_id, _TEXT, "text"),
         ("status", subject.status, _TEXT, "text"),
     ]
@@ -117,5 +122,8 @@ def _table_problems(
 
 
 def _id_kind(subject: SubjectTable) -> str:
+    # A "uuid" id is a Uuid(as_uuid=False), whose python_type is str.
+    if isinstance(subject.id.type, sqltypes.Uuid):
+        return "uuid"
     python_type = subject.id.type.python_type
     return {str: "text", int: "integer"}.get(python_type, "uuid")

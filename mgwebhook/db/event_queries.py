@@ -34,7 +34,12 @@ from mgwebhook.db.schema import (
     webhook_events,
     webhook_tokens,
 )
-from mgwebhook.db.subject_ids import ids_condition, subject_key
+from mgwebhook.db.subject_ids import (
+    ids_condition,
+    stored_id_column,
+    stored_id_text,
+    subject_key,
+)
 
 # raw_payload is NOT NULL, so prune marks a removed payload with the empty string.
 # A received payload is never empty: it carries at least the signature fields.
@@ -252,7 +257,7 @@ async def find_subjects(
         updated_at = subject.status_updated_at
         statement = (
             select(
-                subject.id,
+                stored_id_column(subject, dialect),
                 subject.message_id,
                 subject.status,
                 updated_at if updated_at is not None else null(),
@@ -262,7 +267,13 @@ async def find_subjects(
         )
         for key, current_message_id, status, status_updated_at in await session.execute(statement):
             found.append(
-                Subject(subject_type, str(key), current_message_id, status, status_updated_at)
+                Subject(
+                    subject_type,
+                    stored_id_text(subject, dialect, key),
+                    current_message_id,
+                    status,
+                    status_updated_at,
+                )
             )
     return found
 

@@ -9,6 +9,7 @@ compares the column, without that conversion, with every spelling in
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -20,6 +21,7 @@ from mgwebhook.db.schema import SubjectTable
 # The range of a BIGINT, the type of an "integer" id column.
 BIGINT_MIN = -(2**63)
 BIGINT_MAX = 2**63 - 1
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
 def parse_subject_id(subject: SubjectTable, text: str) -> Any:
@@ -39,12 +41,12 @@ def parse_subject_id(subject: SubjectTable, text: str) -> Any:
                 "pass 32 hex digits, with or without dashes"
             ) from None
     if column_type.python_type is int:
-        try:
-            number = int(text)
-        except ValueError:
+        # int() would also take spaces, underscores and non-ASCII digits.
+        if not _INTEGER.fullmatch(text):
             raise ValueError(
-                f"{subject.kind} id {text!r} is not a valid int; pass the id as stored in the table"
-            ) from None
+                f"{subject.kind} id {text!r} is not an integer; pass the id as stored in the table"
+            )
+        number = int(text)
         if not BIGINT_MIN <= number <= BIGINT_MAX:
             raise ValueError(
                 f"{subject.kind} id {text!r} is outside the range of a 64-bit integer id; "
@@ -65,6 +67,32 @@ def subject_key(subject: SubjectTable, text: str) -> Any | None:
         return parse_subject_id(subject, text)
     except ValueError:
         return None
+
+
+def stored_id_column(subject: SubjectTable, dialect: Dialect) -> ColumnElement[Any]:
+    """Return the id column to select, read as stored when it is UUID text.
+
+    SQLite keeps any text in such a column, and reading text that is not a
+    UUID through the `Uuid` type raises ValueError. `stored_id_text` turns the
+    value read into the text the audit trail uses.
+    """
+    if stores_uuid_as_text(subject, dialect):
+        return type_coerce(subject.id, String()).label(subject.id.key)
+    return subject.id
+
+
+def stored_id_text(subject: SubjectTable, dialect: Dialect, value: Any) -> str:
+    """Return an id read through `stored_id_column` as the audit trail writes it.
+
+    UUID text becomes dashed lower case. Text in a UUID column that is not a
+    UUID keeps its spelling, and so do ids of the other types.
+    """
+    if not stores_uuid_as_text(subject, dialect):
+        return str(value)
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        return str(value)
 
 
 def uuid_spellings(canonical: str) -> list[str]:

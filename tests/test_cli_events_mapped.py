@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -48,6 +51,23 @@ API_TABLES = [
 ]
 
 
+@asynccontextmanager
+async def serving(engine, config: Path, aiohttp_client) -> AsyncIterator[Any]:
+    """Upgrade the schema, map the subjects of `config` and yield a client of the app.
+
+    The engine is disposed and the default subjects are restored afterwards.
+    """
+    assert (await invoke(["db", "upgrade", "--config", str(config)], {})).exit_code == 0
+    settings = load_settings(config, environ={})
+    configure_subjects(settings.subjects)
+    app = create_app(settings, [SIGNING_KEY], engine=engine, create_tables=False, reconcile=False)
+    try:
+        yield await aiohttp_client(app)
+    finally:
+        await engine.dispose()
+        configure_subjects(load_settings(None, environ={}).subjects)
+
+
 @pytest.fixture
 async def mapped(database_url: str, tmp_path: Path, aiohttp_client):
     """A client of an app on the invoicing API's tables, the engine and the config file."""
@@ -58,14 +78,8 @@ async def mapped(database_url: str, tmp_path: Path, aiohttp_client):
             await connection.execute(text(statement))
     config = tmp_path / "mapped.toml"
     config.write_text(f'[database]\nurl = "{database_url}"\n{MAPPING}')
-    assert (await invoke(["db", "upgrade", "--config", str(config)], {})).exit_code == 0
-    settings = load_settings(config, environ={})
-    configure_subjects(settings.subjects)
-    app = create_app(settings, [SIGNING_KEY], engine=engine, create_tables=False, reconcile=False)
-    client = await aiohttp_client(app)
-    yield client, engine, config
-    await engine.dispose()
-    configure_subjects(load_settings(None, environ={}).subjects)
+    async with serving(engine, config, aiohttp_client) as client:
+        yield client, engine, config
 
 
 async def test_mapped_history_with_integer_ids(mapped):
@@ -189,14 +203,8 @@ async def uuid_mapped(database_url: str, tmp_path: Path, aiohttp_client):
             )
     config = tmp_path / "uuid.toml"
     config.write_text(f'[database]\nurl = "{database_url}"\n{UUID_MAPPING}')
-    assert (await invoke(["db", "upgrade", "--config", str(config)], {})).exit_code == 0
-    settings = load_settings(config, environ={})
-    configure_subjects(settings.subjects)
-    app = create_app(settings, [SIGNING_KEY], engine=engine, create_tables=False, reconcile=False)
-    client = await aiohttp_client(app)
-    yield client, engine, config
-    await engine.dispose()
-    configure_subjects(load_settings(None, environ={}).subjects)
+    async with serving(engine, config, aiohttp_client) as client:
+        yield client, engine, config
 
 
 async def document_rows(engine) -> list[tuple[str, str, str]]:

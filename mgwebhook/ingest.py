@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from mgwebhook import statuses, trail
 from mgwebhook.db import batch, repository
-from mgwebhook.db.errors import DATABASE_ERRORS, describe
+from mgwebhook.db.errors import DATABASE_ERRORS, describe, is_busy
 from mgwebhook.errors import DatabaseUnavailable, MalformedPayload, TokenReplayed, UnusableEvent
 from mgwebhook.payloads import MailgunEvent, Payload, extract_event, parse_stored
 
@@ -138,6 +138,9 @@ def _ingest_isolated(
     except SQLAlchemyError as error:
         if isinstance(error, DBAPIError) and error.connection_invalidated:
             # A lost connection fails the whole batch, as in the branch below.
+            raise
+        if is_busy(error):
+            # The next post would wait the whole busy timeout again.
             raise
         savepoint.rollback()
         logger.error("event with token %s failed: %s", webhook.token[:8], describe(error))

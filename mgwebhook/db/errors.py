@@ -36,6 +36,17 @@ async def translate_errors() -> AsyncIterator[None]:
         raise DatabaseUnavailable(describe(error)) from error
 
 
+def is_busy(error: BaseException) -> bool:
+    """Return whether `error` is SQLite's "database is locked", raised after the busy timeout.
+
+    Another connection holds the write lock then. Every statement of the batch
+    would fail in the same way, so retrying its posts one by one only waits again.
+    """
+    original = getattr(error, "orig", None) or error
+    name = getattr(original, "sqlite_errorname", "")
+    return isinstance(name, str) and name.startswith("SQLITE_BUSY")
+
+
 def describe(error: BaseException) -> str:
     """Return a one-line description of a database error without the SQL or parameters."""
     original = getattr(error, "orig", None) or error

@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
-from mgwebhook.db.errors import describe, translate_errors
+from mgwebhook.db.errors import describe, is_busy, translate_errors
 from mgwebhook.errors import DatabaseUnavailable, ServiceOverloaded, TokenReplayed
 from mgwebhook.ingest import IngestResult, VerifiedWebhook, apply_batch, apply_each
 
@@ -218,6 +218,10 @@ def thread_batch_runner(engine: Engine, executor: ThreadPoolExecutor) -> RunBatc
                     with session.begin():
                         return list(apply_batch(session, webhooks, now))
                 except Exception as error:  # noqa: BLE001 - the posts are retried one by one below
+                    # Another connection holds the write lock, so retrying one
+                    # post at a time would make each post wait the busy timeout.
+                    if is_busy(error):
+                        raise
                     _log_batch_retry(len(webhooks), error)
                 with session.begin():
                     return apply_each(session, webhooks, now)

@@ -354,6 +354,7 @@ async def test_check_accepts_uuid_id_column(uuid_mapped):
     checked = await invoke(["db", "check", "--config", str(config)], {})
 
     assert checked.exit_code == 0, checked.output
+    assert checked.output == "The documents and tenants tables have every configured column.\n"
 
 
 async def test_check_rejects_text_column_as_uuid(uuid_mapped, database_url):

@@ -51,8 +51,8 @@ def describe(error: BaseException) -> str:
     """Return a one-line description of a database error without the SQL or parameters."""
     original = getattr(error, "orig", None) or error
     name = type(original).__name__
-    # SQLAlchemy's asyncpg adapter wraps many server errors in a class named
-    # just "Error"; the asyncpg error it wraps has the specific name.
+    # SQLAlchemy's asyncpg adapter raises many server errors as a class named
+    # just "Error". The asyncpg error it wraps, its cause, has the specific name.
     if name == "Error" and original.__cause__ is not None:
         name = type(original.__cause__).__name__
     text = str(original).splitlines()[0] if str(original) else ""
